@@ -1,0 +1,16 @@
+"""Shared pytest set-up: the repository root and a CPU-only, quiet environment."""
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Keep tests off any GPU unless a test asks for one, and never wait on the network for weights.
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('MPLBACKEND', 'Agg')
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT

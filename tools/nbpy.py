@@ -1,0 +1,52 @@
+"""Convert between notebooks and a plain-text "percent" form for editing.
+
+    python tools/nbpy.py to-nb  nbs/00_core.py     # writes nbs/00_core.ipynb
+    python tools/nbpy.py to-py  nbs/00_core.ipynb  # writes nbs/00_core.py
+
+The text form: cells separated by lines `# %%` (code) or `# %% [markdown]`
+(markdown, each line prefixed by `# `). The .ipynb stays the source of truth;
+the .py form is a scratch file for editing (gitignored under nbs/).
+"""
+import json, sys
+from pathlib import Path
+
+def _cell(kind, lines):
+    while lines and not lines[-1].strip(): lines.pop()
+    while lines and not lines[0].strip(): lines.pop(0)
+    if kind == 'markdown':
+        lines = [l[2:] if l.startswith('# ') else l[1:] if l.startswith('#') else l for l in lines]
+    src = [l + '\n' for l in lines]
+    if src: src[-1] = src[-1][:-1]
+    cell = {'cell_type': kind, 'metadata': {}, 'source': src}
+    if kind == 'code': cell.update(execution_count=None, outputs=[])
+    return cell
+
+def to_nb(path):
+    cells, kind, buf = [], None, []
+    for line in Path(path).read_text().splitlines():
+        if line.startswith('# %%'):
+            if kind: cells.append(_cell(kind, buf))
+            kind, buf = ('markdown' if '[markdown]' in line else 'code'), []
+        else: buf.append(line)
+    if kind: cells.append(_cell(kind, buf))
+    nb = {'cells': cells, 'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}},
+          'nbformat': 4, 'nbformat_minor': 5}
+    out = Path(path).with_suffix('.ipynb')
+    out.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
+    return out
+
+def to_py(path):
+    nb = json.loads(Path(path).read_text())
+    parts = []
+    for c in nb['cells']:
+        src = ''.join(c['source'])
+        if c['cell_type'] == 'markdown':
+            parts.append('# %% [markdown]\n' + '\n'.join(('# ' + l) if l else '#' for l in src.splitlines()))
+        else: parts.append('# %%\n' + src)
+    out = Path(path).with_suffix('.py')
+    out.write_text('\n\n'.join(parts) + '\n')
+    return out
+
+if __name__ == '__main__':
+    cmd, *paths = sys.argv[1:]
+    for p in paths: print((to_nb if cmd == 'to-nb' else to_py)(p))
