@@ -89,6 +89,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'sgxl.data._randint': ('data.html#_randint', 'sgxl/data.py'),
                            'sgxl.data._read_json': ('data.html#_read_json', 'sgxl/data.py'),
                            'sgxl.data._strip_wrapper': ('data.html#_strip_wrapper', 'sgxl/data.py'),
+                           'sgxl.data._torchvision_decoder': ('data.html#_torchvision_decoder', 'sgxl/data.py'),
                            'sgxl.data._uniform': ('data.html#_uniform', 'sgxl/data.py'),
                            'sgxl.data._write_images': ('data.html#_write_images', 'sgxl/data.py'),
                            'sgxl.data.brightness': ('data.html#brightness', 'sgxl/data.py'),
