@@ -725,3 +725,11 @@ def test_diff_augment_policy_seeding_and_errors():
         diff_augment(x, 'color,zoom')
     with pytest.raises(ValueError, match='float images'):
         diff_augment((x * 127).to(torch.uint8))
+
+
+def test_load_paths_with_colons_and_named_like_builtins(tmp_path, monkeypatch):
+    png(tmp_path / 'x:y' / 'a.png')
+    assert len(load(tmp_path / 'x:y')) == 1 and len(load(str(tmp_path / 'x:y'))) == 1
+    png(tmp_path / 'shapes' / 'a.png')                           # a folder called shapes wins over the built-in
+    monkeypatch.chdir(tmp_path)
+    assert isinstance(load('shapes'), FileDataset) and load('shapes').root == Path('shapes')
