@@ -42,6 +42,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'sgxl.data.FileSource': ('data.html#filesource', 'sgxl/data.py'),
                            'sgxl.data.FileSource.__getstate__': ('data.html#filesource.__getstate__', 'sgxl/data.py'),
                            'sgxl.data.FileSource.__init__': ('data.html#filesource.__init__', 'sgxl/data.py'),
+                           'sgxl.data.FileSource._read_stored': ('data.html#filesource._read_stored', 'sgxl/data.py'),
                            'sgxl.data.FileSource._zipfile': ('data.html#filesource._zipfile', 'sgxl/data.py'),
                            'sgxl.data.FileSource.open': ('data.html#filesource.open', 'sgxl/data.py'),
                            'sgxl.data.FileSource.read': ('data.html#filesource.read', 'sgxl/data.py'),

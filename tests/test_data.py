@@ -96,6 +96,16 @@ def test_reader_folder_and_zip_read_the_same(tmp_path):
     assert a.root == folder and b.root == zipped
 
 
+def test_reader_zip_deflated_and_stored_read_the_same(tmp_path):
+    folder = labelled_folder(tmp_path / 'ds', n=4, classes=2)
+    stored = zip_folder(folder, tmp_path / 'stored.zip')
+    with zipfile.ZipFile(tmp_path / 'deflated.zip', 'w', zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(folder.iterdir()): z.write(f, f.name)
+    a, b = load(stored), load(tmp_path / 'deflated.zip')
+    assert all(torch.equal(a[i][0], b[i][0]) and a[i][1] == b[i][1] for i in range(4))
+    assert all(a.src.read(n) == (folder / n).read_bytes() for n in a.images)      # the direct (pread) path
+
+
 def test_reader_unconditional_without_dataset_json(tmp_path):
     for i in range(3): png(tmp_path / 'u' / f'{i}.png')
     ds = load(tmp_path / 'u')
