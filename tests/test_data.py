@@ -543,6 +543,14 @@ def test_tool_skips_corrupt_and_truncated_images(tmp_path):
     assert 'cut.png' in rep.summary() and 'corrupt or truncated: 2' in rep.summary()
 
 
+def test_tool_skips_unreadable_files(tmp_path):
+    src = class_tree(tmp_path / 'src', per_class=1)
+    (src / 'cat' / 'gone.png').symlink_to(tmp_path / 'nowhere.png')          # a dangling link: cannot be read
+    rep = convert(src, tmp_path / 'out')
+    assert [(Path(f).name, r) for f, r, _ in rep.skipped] == [('gone.png', 'unreadable')] and rep.written == 2
+    assert 'No such file' in rep.summary()
+
+
 def test_tool_skips_non_image_files(tmp_path):
     src = class_tree(tmp_path / 'src', per_class=1)
     (src / 'cat' / 'README.md').write_text('# cats')
