@@ -144,6 +144,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'sgxl.features.download_weights': ('config_e.html#download_weights', 'sgxl/features.py'),
                                'sgxl.features.find_weights': ('config_e.html#find_weights', 'sgxl/features.py'),
                                'sgxl.features.frozen_conv': ('config_e.html#frozen_conv', 'sgxl/features.py'),
+                               'sgxl.features.hub_address': ('config_e.html#hub_address', 'sgxl/features.py'),
                                'sgxl.features.hub_endpoint': ('config_e.html#hub_endpoint', 'sgxl/features.py'),
                                'sgxl.features.hub_offline': ('config_e.html#hub_offline', 'sgxl/features.py'),
                                'sgxl.features.hub_reachable': ('config_e.html#hub_reachable', 'sgxl/features.py'),

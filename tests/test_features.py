@@ -199,6 +199,7 @@ def test_unreachable_hub_error_is_immediate(empty_caches, monkeypatch):
     monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
     monkeypatch.setattr(hf, 'HF_HUB_OFFLINE', False)
     monkeypatch.setenv('HF_ENDPOINT', 'http://127.0.0.1:9')
+    for var in ('http_proxy', 'HTTP_PROXY', 'all_proxy', 'ALL_PROXY'): monkeypatch.delenv(var, raising=False)
     t = time.time()
     with pytest.raises(MissingWeightsError) as e:
         FeatureNetwork(DEIT_TINY, 'pretrained', 64)
@@ -234,3 +235,20 @@ def test_torch_hub_checkpoint_is_used(empty_caches, monkeypatch, tmp_path):
     net = FeatureNetwork(DEIT_TINY, 'pretrained', 224)
     assert net.weights_source.startswith('cache:') and 'checkpoints' in net.weights_source
     assert torch.equal(net.backbone.pos_embed, ref.pos_embed)
+
+
+def test_hub_probe_goes_through_the_proxy(monkeypatch):
+    import socket
+    from sgxl.features import hub_address, hub_reachable
+    monkeypatch.setenv('HF_ENDPOINT', 'https://huggingface.co')
+    for var in ('NO_PROXY', 'no_proxy', 'HTTPS_PROXY'): monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv('https_proxy', 'http://proxy.example:3128')
+    assert hub_address() == ('proxy.example', 3128)
+    seen = []
+    def fake_connect(address, timeout=None):
+        seen.append(address)
+        raise OSError('refused')
+    monkeypatch.setattr(socket, 'create_connection', fake_connect)
+    assert hub_reachable() is False and seen == [('proxy.example', 3128)]
+    monkeypatch.setenv('no_proxy', 'huggingface.co')
+    assert hub_address() == ('huggingface.co', 443)
