@@ -17,6 +17,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'sgxl/baseline.py'),
                                'sgxl.baseline.ResNetDiscriminator.set_embedding': ( 'config_a.html#resnetdiscriminator.set_embedding',
                                                                                     'sgxl/baseline.py'),
+                               'sgxl.baseline.ResNetDiscriminator.set_ops_impl': ( 'config_a.html#resnetdiscriminator.set_ops_impl',
+                                                                                   'sgxl/baseline.py'),
                                'sgxl.baseline.RungA': ('config_a.html#runga', 'sgxl/baseline.py'),
                                'sgxl.baseline.RungA.__init__': ('config_a.html#runga.__init__', 'sgxl/baseline.py'),
                                'sgxl.baseline.RungA.d_step': ('config_a.html#runga.d_step', 'sgxl/baseline.py'),
@@ -159,6 +161,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'sgxl.stylegan3.Generator.forward': ('stylegan3.html#generator.forward', 'sgxl/stylegan3.py'),
                                 'sgxl.stylegan3.Generator.from_config': ('stylegan3.html#generator.from_config', 'sgxl/stylegan3.py'),
                                 'sgxl.stylegan3.Generator.num_ws': ('stylegan3.html#generator.num_ws', 'sgxl/stylegan3.py'),
+                                'sgxl.stylegan3.Generator.set_ops_impl': ('stylegan3.html#generator.set_ops_impl', 'sgxl/stylegan3.py'),
                                 'sgxl.stylegan3.LabelEmbedding': ('stylegan3.html#labelembedding', 'sgxl/stylegan3.py'),
                                 'sgxl.stylegan3.LabelEmbedding.__init__': ('stylegan3.html#labelembedding.__init__', 'sgxl/stylegan3.py'),
                                 'sgxl.stylegan3.LabelEmbedding.forward': ('stylegan3.html#labelembedding.forward', 'sgxl/stylegan3.py'),
@@ -215,5 +218,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'sgxl.stylegan3.sample_grid': ('stylegan3.html#sample_grid', 'sgxl/stylegan3.py'),
                                 'sgxl.stylegan3.schedule_from_config': ('stylegan3.html#schedule_from_config', 'sgxl/stylegan3.py'),
                                 'sgxl.stylegan3.schedule_table': ('stylegan3.html#schedule_table', 'sgxl/stylegan3.py'),
+                                'sgxl.stylegan3.set_ops_impl': ('stylegan3.html#set_ops_impl', 'sgxl/stylegan3.py'),
                                 'sgxl.stylegan3.translation_matrix': ('stylegan3.html#translation_matrix', 'sgxl/stylegan3.py'),
                                 'sgxl.stylegan3.warp_images': ('stylegan3.html#warp_images', 'sgxl/stylegan3.py')}}}

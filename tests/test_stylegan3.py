@@ -143,3 +143,16 @@ def test_equivariance_metrics_restore_the_transform():
     before = G.synthesis.input.transform.clone()
     assert eq_t(G, 2, batch_size=2) > 60 and eq_r(G, 2, batch_size=2, max_angle=0.1) > 10
     assert torch.equal(G.synthesis.input.transform, before)
+
+
+def test_ops_impl_reaches_every_layer():
+    from sgxl.baseline import ResNetDiscriminator
+    cfg = make_config('A', 'tiny', ops_impl='ref')
+    G, D = Generator.from_config(cfg), ResNetDiscriminator.from_config(cfg)
+    impls = {m.impl for net in (G, D) for m in net.modules() if hasattr(m, 'impl')}
+    assert impls == {'ref'} and len([m for m in G.modules() if hasattr(m, 'impl')]) > 2 * cfg.num_layers
+    G.set_ops_impl('cuda')                                    # asks for kernels on a device x is not on
+    with pytest.raises((ValueError, RuntimeError), match='cuda'):
+        G(torch.randn(1, G.z_dim))
+    with pytest.raises(ValueError, match='choose'):
+        G.set_ops_impl('fast')
