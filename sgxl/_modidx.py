@@ -26,7 +26,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'sgxl.baseline.RungA.load_state_dict': ('config_a.html#runga.load_state_dict', 'sgxl/baseline.py'),
                                'sgxl.baseline.RungA.r1_step': ('config_a.html#runga.r1_step', 'sgxl/baseline.py'),
                                'sgxl.baseline.RungA.sample': ('config_a.html#runga.sample', 'sgxl/baseline.py'),
-                               'sgxl.baseline.RungA.sample_ws': ('config_a.html#runga.sample_ws', 'sgxl/baseline.py'),
                                'sgxl.baseline.RungA.state_dict': ('config_a.html#runga.state_dict', 'sgxl/baseline.py'),
                                'sgxl.baseline.RungA.step': ('config_a.html#runga.step', 'sgxl/baseline.py'),
                                'sgxl.baseline.d_logistic_loss': ('config_a.html#d_logistic_loss', 'sgxl/baseline.py'),

@@ -71,3 +71,33 @@ def test_bad_input_errors_name_the_fix():
         D(torch.zeros(2, 3, 16, 16))
     with pytest.raises(ValueError, match='c=None'):
         D(torch.zeros(2, 3, 32, 32), torch.tensor([0, 1]))
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    import os
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    seed_everything(0)                                     # same initial weights on both ranks
+    rung = RungA(make_config('A', 'tiny', c_dim=2, batch=4, r1_interval=2), 'cpu')
+    rung.G_train, rung.D_train = DDP(rung.G), DDP(rung.D)
+    seed_everything(10 + rank)                             # different reals and latents per rank
+    reals, labels = torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([0, 1])
+    stats = [rung.step(reals, labels, i) for i in range(3)]  # R1 at steps 0 and 2
+    flat = torch.cat([p.detach().flatten() for m in (rung.G, rung.D) for p in m.parameters()])
+    torch.save({'params': flat, 'stats': stats}, f'{out_dir}/rank{rank}.pt')
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_stay_in_sync(tmp_path):
+    "RungA with G_train / D_train wrapped in DDP (gloo, 2 CPU processes): weights stay identical across ranks."
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in (0, 1))
+    assert torch.equal(r0['params'], r1['params'])
+    assert r0['stats'] != r1['stats'] and 'r1' in r0['stats'][2]          # the ranks saw different data
