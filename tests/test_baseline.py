@@ -87,7 +87,7 @@ def _ddp_worker(rank, world, port, out_dir):
     reals, labels = torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([0, 1])
     stats = [rung.step(reals, labels, i) for i in range(3)]  # R1 at steps 0 and 2
     flat = torch.cat([p.detach().flatten() for m in (rung.G, rung.D) for p in m.parameters()])
-    torch.save({'params': flat, 'stats': stats}, f'{out_dir}/rank{rank}.pt')
+    torch.save({'params': flat, 'stats': stats, 'nimg': rung.nimg}, f'{out_dir}/rank{rank}.pt')
     dist.destroy_process_group()
 
 
@@ -99,5 +99,5 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
         s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in (0, 1))
-    assert torch.equal(r0['params'], r1['params'])
+    assert torch.equal(r0['params'], r1['params']) and r0['nimg'] == r1['nimg'] == 3 * 2 * 2   # all ranks' images
     assert r0['stats'] != r1['stats'] and 'r1' in r0['stats'][2]          # the ranks saw different data
