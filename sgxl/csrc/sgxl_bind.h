@@ -1,8 +1,17 @@
 // sgxl fused ops: the torch-facing glue shared by the CPU and the CUDA bindings -- argument checks and
 // the translation of tensors and integers into the plain structs of sgxl_ops.h. Host only.
+// It includes only the ATen and pybind11 headers it needs (not torch/extension.h), which halves compile time.
 #pragma once
-#include <torch/extension.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>
 
+#include <optional>
 #include <vector>
 
 #include "sgxl_ops.h"
@@ -12,11 +21,11 @@
 
 namespace sgxl {
 
-inline torch::Tensor opt(const std::optional<torch::Tensor>& t) { return t.has_value() ? *t : torch::Tensor(); }
+inline at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 
 // A filter as one stage of a two-stage op: 1-D taps are separable, 2-D taps are [Ky, Kx].
-inline Stage make_stage(const torch::Tensor& taps, int up, int down, int px0, int py0, double gain) {
-    TORCH_CHECK(taps.scalar_type() == torch::kFloat32 && taps.is_contiguous() && (taps.dim() == 1 || taps.dim() == 2),
+inline Stage make_stage(const at::Tensor& taps, int up, int down, int px0, int py0, double gain) {
+    TORCH_CHECK(taps.scalar_type() == at::kFloat && taps.is_contiguous() && (taps.dim() == 1 || taps.dim() == 2),
                 "sgxl: filter taps must be a contiguous float32 1-D or 2-D tensor");
     Stage s;
     s.up = up; s.down = down; s.px0 = px0; s.py0 = py0;
@@ -30,7 +39,7 @@ inline Stage make_stage(const torch::Tensor& taps, int up, int down, int px0, in
 
 // Geometry of filtered_lrelu (or its transpose): x is [N, C, H, W]; stage a pads by (ax0, ax1, ay0, ay1),
 // stage b by (bx0, bx1, by0, by1). Sizes: Hu = H*up + ay0 + ay1 - Ky_a + 1, Ho = (Hu + by0 + by1 - Ky_b)/down + 1.
-inline FusedGeom make_fused_geom(const torch::Tensor& x, const torch::Tensor& ta, const torch::Tensor& tb,
+inline FusedGeom make_fused_geom(const at::Tensor& x, const at::Tensor& ta, const at::Tensor& tb,
                                  int64_t mode, int64_t up, std::vector<int64_t> pa, double gain_a, int64_t down,
                                  std::vector<int64_t> pb, double gain_b, double slope, double gain, double clamp) {
     TORCH_CHECK(x.dim() == 4, "sgxl: x must be [N, C, H, W]");
@@ -52,24 +61,24 @@ inline FusedGeom make_fused_geom(const torch::Tensor& x, const torch::Tensor& ta
     return g;
 }
 
-inline void check_plane_input(const torch::Tensor& x, const char* what) {
+inline void check_plane_input(const at::Tensor& x, const char* what) {
     TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "sgxl: ", what, " must be a contiguous [N, C, H, W] tensor");
     TORCH_CHECK(x.numel() < (int64_t(1) << 40), "sgxl: ", what, " is too large");
 }
 
 // codes of the forward pass: 16 two-bit codes per int32 word, each plane on fresh words
-inline torch::Tensor new_codes(const torch::Tensor& x, const FusedGeom& g) {
-    return torch::zeros({x.size(0) * x.size(1) * code_words_per_plane(g.Hu, g.Wu)}, x.options().dtype(torch::kInt32));
+inline at::Tensor new_codes(const at::Tensor& x, const FusedGeom& g) {
+    return at::zeros({x.size(0) * x.size(1) * code_words_per_plane(g.Hu, g.Wu)}, x.options().dtype(at::kInt));
 }
 
-inline void check_codes(const torch::Tensor& codes, const torch::Tensor& x, const FusedGeom& g) {
-    TORCH_CHECK(codes.defined() && codes.scalar_type() == torch::kInt32 && codes.is_contiguous() &&
+inline void check_codes(const at::Tensor& codes, const at::Tensor& x, const FusedGeom& g) {
+    TORCH_CHECK(codes.defined() && codes.scalar_type() == at::kInt && codes.is_contiguous() &&
                 codes.numel() == x.size(0) * x.size(1) * code_words_per_plane(g.Hu, g.Wu),
                 "sgxl: codes do not match this geometry (they must come from the forward pass of the same call)");
 }
 
 // Output shape of upfirdn2d: floor((size*up + pad0 + pad1 - K) / down) + 1 per axis.
-inline std::vector<int64_t> upfirdn_out_size(const torch::Tensor& x, const torch::Tensor& f, int64_t upx, int64_t upy,
+inline std::vector<int64_t> upfirdn_out_size(const at::Tensor& x, const at::Tensor& f, int64_t upx, int64_t upy,
                                              int64_t downx, int64_t downy, std::vector<int64_t> pad) {
     TORCH_CHECK(pad.size() == 4, "sgxl: padding must have 4 entries (x0, x1, y0, y1)");
     const int64_t kx = f.size(-1), ky = f.size(0);
