@@ -270,3 +270,20 @@ def test_filtered_lrelu_gradcheck(up, down, clamp):
     fn = lambda x, b: ops.filtered_lrelu(x, fu, fd, b, up=up, down=down, padding=2, clamp=clamp)
     assert torch.autograd.gradcheck(fn, (x, b))
     assert torch.autograd.gradgradcheck(fn, (x, b))
+
+
+# The exact filtered_lrelu geometries of a StyleGAN3-T generator (benchmarks/ops.py derives them from the
+# paper's schedule): 38x38 after the 3x3 conv -> 36 (up 2, down 2), -> 52 (up 4, down 2, negative padding),
+# and the critically sampled last layer's cropping padding (here 38 -> 16, the same padding as 278 -> 256).
+SG3T_LAYERS = [(2, 2, 12, 12, (9, 8, 9, 8), 36), (4, 2, 24, 12, (-6, -9, -6, -9), 52),
+               (2, 2, 12, 12, (-11, -12, -11, -12), 16)]
+
+
+@pytest.mark.parametrize('up,down,ku,kd,padding,out', SG3T_LAYERS)
+def test_filtered_lrelu_ref_stylegan3_t_layers(up, down, ku, kd, padding, out):
+    fu, fd = lowpass(ku, 0.5 / up), lowpass(kd, 0.25)
+    x, b = torch.tensor(RNG.normal(size=(1, 2, 38, 38))), torch.tensor(RNG.normal(size=2))
+    y = ops.filtered_lrelu(x, fu.double(), fd.double(), b, up=up, down=down, padding=padding, clamp=1.0)
+    assert y.shape == (1, 2, out, out)
+    want = filtered_lrelu_np(x[0].numpy(), as2d(fu), as2d(fd), b.numpy(), up, down, padding, math.sqrt(2), 0.2, 1.0)
+    np.testing.assert_allclose(y[0].numpy(), want, rtol=1e-9, atol=1e-10)

@@ -1,4 +1,4 @@
-// sgxl fused ops: the launchers of the CUDA kernels (sgxl_ops_cuda.cu), declared without torch so the .cu
+// sgxl fused ops: the launchers of the CUDA kernels (sgxl_cuda_kernels.cu), declared without torch so the .cu
 // file compiles in seconds. The torch binding (sgxl_ops_cuda.cpp) calls these with raw pointers and the
 // current stream. Each returns nullptr on success, or a message saying what failed.
 #pragma once

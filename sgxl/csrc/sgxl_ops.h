@@ -1,5 +1,5 @@
 // sgxl fused ops: the per-element and per-tile arithmetic, shared by the CPU build (sgxl_ops_cpu.cpp) and the
-// CUDA kernels (sgxl_ops_cuda.cu). Every function here is plain C++ marked SGXL_HD, which is
+// CUDA kernels (sgxl_cuda_kernels.cu). Every function here is plain C++ marked SGXL_HD, which is
 // `__host__ __device__` under nvcc and `inline` otherwise, so the CPU build runs -- and the tests check --
 // exactly the arithmetic the GPU runs. No torch headers: this file must compile as fast CUDA.
 //

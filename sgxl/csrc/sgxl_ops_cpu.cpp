@@ -1,6 +1,8 @@
 // sgxl fused ops, CPU build: loops over planes (or elements) that call the shared arithmetic of sgxl_ops.h.
 // It exists so that machines without a GPU run -- and the tests check -- the kernels' arithmetic. Each plane
 // is one tile, so the tile logic is the GPU's with a single worker (tid 0 of 1).
+#include <algorithm>
+
 #include "sgxl_bind.h"
 
 namespace sgxl {
@@ -9,20 +11,41 @@ template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
 
 // ---- bias_act: mode 0 value, 1 gradient, 2 second-order term -----------------------------------------------
-template <typename T>
-void bias_act_loop(int mode, const BiasActParams& p, const T* x, const T* b, const T* g, const T* gg, T* out,
-                   int64_t n, int64_t C, int64_t inner) {
+// ACT is a template argument so that, once the header's functions are inlined, their switch folds away and
+// the loop over a run of elements with one bias value vectorises.
+template <int ACT, typename T>
+void bias_act_loop(int mode, BiasActParams p, const T* x, const T* b, const T* g, const T* gg, T* out, int64_t n,
+                   int64_t C, int64_t inner) {
     using A = typename AccOf<T>::type;
+    p.act = ACT;
     at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-            const A v = A(x[i]) + (b ? A(b[(i / inner) % C]) : A(0));      // v = x + b along dim
-            A y;
-            if (mode == 0) y = bias_act_value<A>(p, v);
-            else if (mode == 1) y = bias_act_grad<A>(p, A(g[i]), v);
-            else y = bias_act_grad2<A>(p, A(gg[i]), A(g[i]), v);
-            out[i] = T(y);
+        for (int64_t i = i0; i < i1;) {
+            const int64_t end = std::min(i1, (i / inner + 1) * inner);           // a run with one bias value
+            const A bias = b ? A(b[(i / inner) % C]) : A(0);
+            if (mode == 0)
+                for (; i < end; ++i) out[i] = T(bias_act_value<A>(p, A(x[i]) + bias));
+            else if (mode == 1)
+                for (; i < end; ++i) out[i] = T(bias_act_grad<A>(p, A(g[i]), A(x[i]) + bias));
+            else
+                for (; i < end; ++i) out[i] = T(bias_act_grad2<A>(p, A(gg[i]), A(g[i]), A(x[i]) + bias));
         }
     });
+}
+
+template <typename T>
+void bias_act_dispatch(int mode, const BiasActParams& p, const T* x, const T* b, const T* g, const T* gg, T* out,
+                       int64_t n, int64_t C, int64_t inner) {
+    switch (p.act) {
+        case ACT_RELU: return bias_act_loop<ACT_RELU, T>(mode, p, x, b, g, gg, out, n, C, inner);
+        case ACT_LRELU: return bias_act_loop<ACT_LRELU, T>(mode, p, x, b, g, gg, out, n, C, inner);
+        case ACT_TANH: return bias_act_loop<ACT_TANH, T>(mode, p, x, b, g, gg, out, n, C, inner);
+        case ACT_SIGMOID: return bias_act_loop<ACT_SIGMOID, T>(mode, p, x, b, g, gg, out, n, C, inner);
+        case ACT_ELU: return bias_act_loop<ACT_ELU, T>(mode, p, x, b, g, gg, out, n, C, inner);
+        case ACT_SELU: return bias_act_loop<ACT_SELU, T>(mode, p, x, b, g, gg, out, n, C, inner);
+        case ACT_SOFTPLUS: return bias_act_loop<ACT_SOFTPLUS, T>(mode, p, x, b, g, gg, out, n, C, inner);
+        case ACT_SWISH: return bias_act_loop<ACT_SWISH, T>(mode, p, x, b, g, gg, out, n, C, inner);
+        default: return bias_act_loop<ACT_LINEAR, T>(mode, p, x, b, g, gg, out, n, C, inner);
+    }
 }
 
 // x: contiguous, any shape; b: [C] or undefined; C = x.size(dim), inner = prod(x.shape[dim+1:]).
@@ -36,7 +59,7 @@ at::Tensor bias_act(int64_t mode, at::Tensor x, std::optional<at::Tensor> b_, st
     BiasActParams p{(int)act, alpha, gain, clamp};
     auto out = at::empty_like(x);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sgxl_bias_act", [&] {
-        bias_act_loop<scalar_t>((int)mode, p, x.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
+        bias_act_dispatch<scalar_t>((int)mode, p, x.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
                                 g.defined() ? g.data_ptr<scalar_t>() : nullptr, gg.defined() ? gg.data_ptr<scalar_t>() : nullptr,
                                 out.data_ptr<scalar_t>(), x.numel(), C, inner);
     });

@@ -1,5 +1,5 @@
 // sgxl fused ops, CUDA build: the torch binding. It checks the tensors, builds the plain structs of sgxl_ops.h
-// and calls the launchers of sgxl_ops_cuda.cu on the current stream. The same functions as the CPU build,
+// and calls the launchers of sgxl_cuda_kernels.cu on the current stream. The same functions as the CPU build,
 // with the same signatures, so sgxl.ops calls either module the same way.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -67,6 +67,7 @@ const char* launch_bias_act(int dtype, int mode, const BiasActParams& p, const v
                             const void* gg, void* out, int64_t n, int64_t C, int64_t inner, cudaStream_t stream) {
     return dispatch(dtype, [&](auto* tag) -> const char* {
         using T = typename std::remove_pointer<decltype(tag)>::type;
+        if (n == 0) return (const char*)nullptr;
         bias_act_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(mode, p, (const T*)x, (const T*)b, (const T*)g,
                                                                 (const T*)gg, (T*)out, n, C, inner);
         return last_error();
@@ -118,6 +119,7 @@ const char* launch_upfirdn2d(int dtype, const void* x, void* y, void* tmp, const
     return dispatch(dtype, [&](auto* tag) -> const char* {
         using T = typename std::remove_pointer<decltype(tag)>::type;
         using A = typename AccOf<T>::type;
+        if (P * Ho * Wo == 0) return (const char*)nullptr;
         if (separable) {
             upfirdn_x_kernel<T, A><<<grid_for(P * H * Wo), kThreads, 0, stream>>>((const T*)x, (A*)tmp, taps, P * H, W,
                                                                                   Wo, kx, upx, downx, px0);
@@ -136,7 +138,7 @@ const char* launch_upfirdn2d(int dtype, const void* x, void* y, void* tmp, const
 template <typename T, typename A>
 __global__ void filtered_lrelu_kernel(FusedGeom g, const T* x, const T* b, int64_t C, T* y, uint32_t* codes,
                                       int tiles_x, int tiles_y, int TH, int TW, int64_t words) {
-    extern __shared__ unsigned char smem_raw[];
+    extern __shared__ __align__(16) unsigned char smem_raw[];   // tmp_a | u | tmp_b, in accumulation values
     const int64_t tiles = (int64_t)tiles_x * tiles_y;
     const int64_t p = blockIdx.x / tiles;
     const int tile = (int)(blockIdx.x % tiles), ty = tile / tiles_x, tx = tile % tiles_x;
@@ -203,6 +205,7 @@ const char* launch_filtered_lrelu(int dtype, const FusedGeom& g, const void* x, 
             return last_error();
         const int tiles_x = (g.Wo + TW - 1) / TW, tiles_y = (g.Ho + TH - 1) / TH;
         const int64_t blocks = P * tiles_x * tiles_y;
+        if (blocks == 0) return (const char*)nullptr;
         if (blocks > 0x7fffffff) return "filtered_lrelu: too many planes and tiles for one launch; split the batch";
         kernel<<<(unsigned)blocks, kThreads, (size_t)bytes, stream>>>(g, (const T*)x, (const T*)b, C, (T*)y, codes,
                                                                      tiles_x, tiles_y, TH, TW,
