@@ -13,7 +13,7 @@ import scipy.linalg
 import torch
 
 import sgxl.metrics as M
-from sgxl.core import to_uint8
+from sgxl.core import make_config, to_uint8
 
 
 # --- stand-ins with the contracts of sgxl.data and the generator -------------------------------------------------
@@ -288,6 +288,23 @@ def test_eq_of_sticky_texture_is_low():
         assert good > 35 and bad < 25 and good - bad > 20
 
 
+def test_eq_of_stylegan3_generator_agrees_with_its_notebook():
+    "The Fourier-input renderer: our EQ-T/EQ-R of a tiny StyleGAN3-T match sgxl.stylegan3's eq_t / eq_r."
+    from sgxl.stylegan3 import Generator, eq_r, eq_t
+    torch.manual_seed(0)
+    G = Generator.from_config(make_config('A', 'tiny')).eval()
+    ours = M.compute_metrics(['eqt16_int', 'eqt16_frac', 'eqr16'], G, batch=8, device='cpu')
+    ref = {'eqt16_int': eq_t(G, 16), 'eqt16_frac': eq_t(G, 16, fractional=True), 'eqr16': eq_r(G, 16)}
+    print(ours, ref)
+    for k in ref: assert abs(ours[k] - ref[k]) < 3, (k, ours[k], ref[k])
+    assert ours['eqt16_int'] > 60 > ours['eqr16']   # StyleGAN3-T: translation- but not rotation-equivariant
+    assert torch.equal(G.synthesis.input.transform, torch.eye(3))   # the renderer left G as it was
+    # a wrong sign convention would break the agreement: moving the content the other way gives a low score
+    render = M.fourier_input_renderer(G)
+    flipped = lambda z, c, t, a: render(z, c, -t, a)
+    assert M.compute_metrics(['eqt8_int'], G, device='cpu', render=flipped)['eqt8_int'] < 40
+
+
 def test_eq_without_renderer_is_a_clear_error():
     G = Replay(smooth_images(4))
     with pytest.raises(TypeError, match='render_transformed'):
@@ -304,7 +321,7 @@ def test_fractional_transform_of_band_limited_image():
     out, mask = M.transform_images(img, t, torch.zeros(1, dtype=torch.float64))
     expect = f(x - 0.37, y + 1.6).double()
     err = lambda a: ((a - expect) * mask[0, 0]).abs().max()
-    assert mask.sum() > 300 and err(out[0, 0]) < 1e-2 and err(img[0, 0]) > 0.3   # the shift is real and resolved
+    assert mask.sum() > 200 and err(out[0, 0]) < 1e-3 and err(img[0, 0]) > 0.3   # the shift is real and resolved
 
 
 # --- the command line ----------------------------------------------------------------------------------------------------
