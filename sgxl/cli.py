@@ -16,6 +16,7 @@ __all__ = ['COMMANDS', 'build_parser', 'main', 'info_main']
 # name -> ("module:function", one-line help). Each function takes argv (a list of strings) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     'info': ('sgxl.cli:info_main', 'print versions and devices'),
+    'dataset': ('sgxl.data:dataset_main', 'convert images (class folders, flat folder, zip, shapes) into an sgxl dataset'),
 }
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,13 +4,15 @@
     python tools/nbpy.py to-py  nbs/00_core.ipynb  # writes nbs/00_core.py
 
 The text form: cells separated by lines `# %%` (code) or `# %% [markdown]`
-(markdown, each line prefixed by `# `). The .ipynb stays the source of truth;
+(markdown, each line prefixed by `# `); `id=...` after the marker keeps the cell's id, so a
+round trip changes only the cells you edit (new cells get an id from nbdev-clean). After to-nb, run
+nbdev-clean before nbdev-export. The .ipynb stays the source of truth;
 the .py form is a scratch file for editing (gitignored under nbs/).
 """
-import json, sys
+import json, re, sys
 from pathlib import Path
 
-def _cell(kind, lines):
+def _cell(kind, lines, cid=None):
     while lines and not lines[-1].strip(): lines.pop()
     while lines and not lines[0].strip(): lines.pop(0)
     if kind == 'markdown':
@@ -18,17 +20,20 @@ def _cell(kind, lines):
     src = [l + '\n' for l in lines]
     if src: src[-1] = src[-1][:-1]
     cell = {'cell_type': kind, 'metadata': {}, 'source': src}
+    if cid: cell['id'] = cid
     if kind == 'code': cell.update(execution_count=None, outputs=[])
     return cell
 
 def to_nb(path):
-    cells, kind, buf = [], None, []
+    cells, kind, buf, cid = [], None, [], None
     for line in Path(path).read_text().splitlines():
         if line.startswith('# %%'):
-            if kind: cells.append(_cell(kind, buf))
+            if kind: cells.append(_cell(kind, buf, cid))
             kind, buf = ('markdown' if '[markdown]' in line else 'code'), []
+            m = re.search(r'id=(\S+)', line)
+            cid = m.group(1) if m else None
         else: buf.append(line)
-    if kind: cells.append(_cell(kind, buf))
+    if kind: cells.append(_cell(kind, buf, cid))
     nb = {'cells': cells, 'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}},
           'nbformat': 4, 'nbformat_minor': 5}
     out = Path(path).with_suffix('.ipynb')
@@ -40,9 +45,10 @@ def to_py(path):
     parts = []
     for c in nb['cells']:
         src = ''.join(c['source'])
+        cid = f" id={c['id']}" if c.get('id') else ''
         if c['cell_type'] == 'markdown':
-            parts.append('# %% [markdown]\n' + '\n'.join(('# ' + l) if l else '#' for l in src.splitlines()))
-        else: parts.append('# %%\n' + src)
+            parts.append(f'# %% [markdown]{cid}\n' + '\n'.join(('# ' + l) if l else '#' for l in src.splitlines()))
+        else: parts.append(f'# %%{cid}\n' + src)
     out = Path(path).with_suffix('.py')
     out.write_text('\n\n'.join(parts) + '\n')
     return out

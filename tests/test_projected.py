@@ -1,0 +1,236 @@
+"""sgxl.projected: the Projected GAN discriminator of rungs B-E, its losses, blur, freezing and spectral norm."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sgxl.core import DEIT_BASE, make_config
+from sgxl.features import FeatureNetwork
+from sgxl.projected import (ClassEmbedding, FeatureProjector, ProjectedDiscriminator, blur_sigma_at, gaussian_blur,
+                            hinge_d_loss, hinge_g_loss, projected_discriminator, spectral_sigmas)
+
+
+def smooth_images(n, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.rand(n, 3, 4, 4, generator=g) * 2 - 1, size=size, mode='bicubic').clamp(-1, 1)
+
+
+def noise_images(n, size=32, seed=1):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.fixture(scope='module')
+def lite0_64():
+    return FeatureNetwork('tf_efficientnet_lite0', 'pretrained', 64)
+
+
+def tiny_d(lite0, c_dim=4, diffaug='', seed=0, **kw):
+    torch.manual_seed(seed)
+    return ProjectedDiscriminator([lite0], c_dim=c_dim, ccm_channels=(16, 32, 48, 64), diffaug=diffaug, **kw)
+
+
+def frozen_state(D):
+    return {f'{i}.{k}': v.clone() for i, m in enumerate(D.frozen_modules()) for k, v in m.state_dict().items()}
+
+
+# --- hinge loss ------------------------------------------------------------------------------------------
+
+def test_hinge_loss_on_known_logits():
+    real = torch.tensor([[2.0, 1.0, 0.5, -1.0]])              # costs 0, 0, 0.5, 2
+    fake = torch.tensor([[-3.0, -1.0, 0.0, 2.0]])             # costs 0, 0, 1, 3
+    assert hinge_d_loss(real, fake).item() == pytest.approx(2.5 / 4 + 4 / 4)
+    assert hinge_g_loss(fake).item() == pytest.approx(-(-3 - 1 + 0 + 2) / 4)
+    assert hinge_d_loss(torch.full((2, 3), 1.5), torch.full((2, 3), -1.5)).item() == 0  # beyond the margins
+    # gradients: only patches inside the margin push
+    r = real.clone().requires_grad_(True)
+    hinge_d_loss(r, fake).backward()
+    assert r.grad.tolist() == [[0, 0, -0.25, -0.25]]
+
+
+# --- shapes, for one and two networks ----------------------------------------------------------------------
+
+def test_tiny_rung_b_and_e_shapes():
+    D = projected_discriminator(make_config('B', 'tiny', c_dim=3))
+    assert D.num_discriminators == 4 and list(D.weights_sources) == ['tf_efficientnet_lite0']
+    out = D(smooth_images(2), torch.tensor([0, 2]))
+    assert out.shape == (2, 64 + 64 + 16 + 4) and torch.isfinite(out).all()
+    E = projected_discriminator(make_config('E', 'tiny', c_dim=3))
+    assert E.num_discriminators == 8 and E.weights_sources['deit_tiny_distilled_patch16_224'] == 'random'
+    assert E(smooth_images(2), torch.tensor([0, 2])).shape == (2, 2 * (64 + 64 + 16 + 4))
+
+
+def test_paper_size_rungs_b_and_e():
+    cfg = make_config('E', c_dim=10, feature_sources=(f'{DEIT_BASE}=random',))   # no DeiT-base weights offline
+    D = projected_discriminator(cfg)
+    assert D.num_discriminators == 8 and D.weights_sources[DEIT_BASE] == 'random'
+    assert D.weights_sources['tf_efficientnet_lite0'] != 'random'
+    assert [h.patches for hs in D.heads for h in hs] == [7] * 8             # 56, 28, 14, 7 -> 7x7 patches each
+    assert [p.out_channels for p in D.projectors] == [(64, 128, 256, 512)] * 2
+    with torch.no_grad():
+        out = D.eval()(smooth_images(1, size=256), torch.tensor([3]))       # G's 256 output resized to 224
+    assert out.shape == (1, 8 * 49) and torch.isfinite(out).all()
+
+
+# --- training: frozen parts, hinge loss going down, spectral norm --------------------------------------------
+
+def test_d_steps_are_finite_and_lower_the_loss_on_a_fixed_batch(lite0_64):
+    D = tiny_d(lite0_64)
+    reals, fakes, c = smooth_images(8), noise_images(8), torch.arange(8) % 4
+    opt = torch.optim.Adam(D.trainable_parameters(), lr=0.002, betas=(0.0, 0.99))
+    losses = []
+    for _ in range(10):
+        loss = hinge_d_loss(D(reals, c), D(fakes, c))
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(l) for l in losses)
+    assert losses[0] > 1.0 and sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
+
+
+def test_frozen_parts_get_no_gradient_and_do_not_change():
+    D = projected_discriminator(make_config('E', 'tiny', c_dim=4))      # lite0 + DeiT-tiny: both frozen
+    before = frozen_state(D)
+    heads_before = [p.clone() for p in D.trainable_parameters()]
+    opt = torch.optim.Adam(D.parameters(), lr=0.01, betas=(0.0, 0.99))  # handed everything on purpose
+    c = torch.arange(4)
+    for _ in range(2):
+        loss = hinge_d_loss(D(smooth_images(4), c), D(noise_images(4), c))
+        opt.zero_grad(set_to_none=True); loss.backward()
+        assert all(p.grad is None for m in D.frozen_modules() for p in m.parameters())
+        assert all(p.grad is not None for p in D.trainable_parameters())
+        opt.step()
+    after = frozen_state(D)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not torch.equal(a, b) for a, b in zip(heads_before, D.trainable_parameters()))
+    assert all(not m.training for net in D.feature_nets for m in net.modules())
+
+
+def test_requires_grad_toggle_leaves_frozen_parts_frozen(lite0_64):
+    D = tiny_d(lite0_64)
+    D.requires_grad_(False)
+    assert not any(p.requires_grad for p in D.parameters())
+    D.requires_grad_(True)
+    assert all(p.requires_grad for p in D.trainable_parameters())
+    assert not any(p.requires_grad for m in D.frozen_modules() for p in m.parameters())
+    n_frozen = sum(p.numel() for m in D.frozen_modules() for p in m.parameters())
+    assert n_frozen + sum(p.numel() for p in D.trainable_parameters()) == sum(p.numel() for p in D.parameters())
+
+
+def test_generator_gradient_flows_through_frozen_features(lite0_64):
+    D = tiny_d(lite0_64).requires_grad_(False)
+    fakes = noise_images(4).requires_grad_(True)
+    hinge_g_loss(D(fakes, torch.arange(4))).backward()
+    assert fakes.grad is not None and fakes.grad.abs().sum() > 0
+    assert all(p.grad is None for p in D.parameters())
+
+
+def test_spectral_norm_keeps_largest_singular_value_near_one(lite0_64):
+    D = tiny_d(lite0_64)
+    at_start = spectral_sigmas(D)
+    assert len(at_start) == 13 and all(abs(s - 1) < 0.05 for s in at_start.values()), at_start
+    opt = torch.optim.Adam(D.trainable_parameters(), lr=0.002, betas=(0.0, 0.99))
+    reals, fakes, c = smooth_images(8), noise_images(8), torch.arange(8) % 4
+    for _ in range(5):
+        loss = hinge_d_loss(D(reals, c), D(fakes, c))
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    settled = spectral_sigmas(D, power_iterations=40)
+    assert all(abs(s - 1) < 0.01 for s in settled.values()), settled
+    # a raw weight scaled 100x: the normalised weight is still at 1
+    layer = D.heads[0][1].body[0]
+    with torch.no_grad(): layer.parametrizations.weight.original.mul_(100)
+    assert abs(spectral_sigmas(layer, power_iterations=40)[''] - 1) < 0.01
+
+
+# --- conditioning, augmentation, blur ----------------------------------------------------------------------
+
+def test_projection_conditioning_uses_the_injected_embedding(lite0_64):
+    table = torch.randn(5, 320)
+    table[4] = table[1]
+    emb = ClassEmbedding(5, 320, table)                          # rung C's shape: 320-d pretrained vectors
+    D = tiny_d(lite0_64, c_dim=5, class_embedding=emb).eval()
+    assert D.class_embedding is emb and D.heads[0][0].embed_proj.in_features == 320
+    x = smooth_images(2)
+    with torch.no_grad():
+        out = [D(x, torch.full((2,), k)) for k in range(5)]
+        onehot = D(x, F.one_hot(torch.tensor([3, 3]), 5).float())
+    assert torch.equal(out[1], out[4]) and not torch.allclose(out[0], out[1])
+    assert torch.allclose(onehot, out[3], atol=1e-6)
+    assert emb.weight.requires_grad and any(p is emb.weight for p in D.trainable_parameters())
+
+
+def test_unconditional_and_label_errors(lite0_64):
+    D = tiny_d(lite0_64, c_dim=0)
+    assert D.class_embedding is None and D(smooth_images(2)).shape == (2, 148)
+    with pytest.raises(ValueError, match='c=None'):
+        D(smooth_images(2), torch.tensor([0, 1]))
+    Dc = tiny_d(lite0_64, c_dim=3)
+    with pytest.raises(ValueError, match='pass the labels'):
+        Dc(smooth_images(2))
+    with pytest.raises(ValueError, match=r'indices in \[0, 3\)'):
+        Dc(smooth_images(2), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match='d_arch'):
+        projected_discriminator(make_config('A', 'tiny'))
+    with pytest.raises(ValueError, match='feature_sources'):
+        make_config('B', 'tiny', feature_sources=('deit_tiny_distilled_patch16_224=random',))
+
+
+def test_diffaug_only_in_training_mode_and_seeded(lite0_64):
+    D = tiny_d(lite0_64, diffaug='color,translation,cutout')
+    x, c = smooth_images(4), torch.arange(4)
+    g = lambda s: torch.Generator().manual_seed(s)
+    a, b, other = (copy.deepcopy(D)(x, c, generator=g(s)) for s in (0, 0, 1))
+    plain = copy.deepcopy(D)
+    plain.diffaug = ''
+    assert torch.equal(a, b) and not torch.allclose(a, other) and not torch.allclose(a, plain(x, c))
+    D.eval()
+    assert torch.equal(D(x, c, generator=g(0)), D(x, c, generator=g(1)))   # eval: no augmentation
+
+
+def test_blur_schedule_and_kernel(lite0_64):
+    assert blur_sigma_at(0, 2.0, 200) == 2.0 and blur_sigma_at(50, 2.0, 200) == 1.5
+    assert blur_sigma_at(200, 2.0, 200) == 0.0 and blur_sigma_at(1000, 2.0, 200) == 0.0
+    assert blur_sigma_at(10, 0.0, 200) == 0.0 and blur_sigma_at(10, 2.0, 0) == 0.0
+    x = smooth_images(2)
+    assert gaussian_blur(x, 0.0) is x
+    const = torch.full((1, 3, 16, 16), 0.3)
+    assert torch.allclose(gaussian_blur(const, 2.0), const)     # weights sum to 1
+    delta = torch.zeros(1, 1, 33, 33, dtype=torch.float64)
+    delta[..., 16, 16] = 1
+    psf = gaussian_blur(delta, 1.5)[0, 0]                       # the point-spread function is the Gaussian
+    t = torch.arange(33, dtype=torch.float64) - 16
+    std_x = (psf.sum(0) * t ** 2).sum().sqrt()
+    assert psf.sum().item() == pytest.approx(1.0) and std_x.item() == pytest.approx(1.5, rel=0.02)
+    # D applies it: blurred inputs change D's output, sigma 0 does not
+    D = tiny_d(lite0_64).eval()
+    c = torch.arange(2)
+    with torch.no_grad():
+        assert torch.equal(D(x, c, blur_sigma=0.0), D(x, c)) and not torch.allclose(D(x, c, blur_sigma=2.0), D(x, c))
+
+
+def test_csm_mixes_coarse_scales_into_fine_ones():
+    torch.manual_seed(0)
+    proj = FeatureProjector((24, 40, 112, 320), (16, 32, 48, 64))
+    feats = [torch.randn(2, c, s, s) for c, s in zip((24, 40, 112, 320), (16, 8, 4, 2))]
+    out = proj(feats)
+    assert [tuple(o.shape) for o in out] == [(2, k, s, s) for k, s in zip((16, 32, 48, 64), (16, 8, 4, 2))]
+    changed = [f.clone() for f in feats]
+    changed[3] += 1.0                                           # touch only the coarsest map
+    out2 = proj(changed)
+    assert all(not torch.allclose(a, b) for a, b in zip(out, out2))   # every scale sees it (top-down)
+    changed = [f.clone() for f in feats]
+    changed[0] += 1.0                                           # touch only the finest map
+    out3 = proj(changed)
+    assert not torch.allclose(out[0], out3[0]) and all(torch.equal(a, b) for a, b in zip(out[1:], out3[1:]))
+    # variance kept roughly (1/fan_in weights, 1/sqrt 2 on each sum)
+    assert all(0.3 < o.var().item() < 3 for o in out)
+
+
+def test_state_dict_round_trip_rebuilds_the_same_discriminator(lite0_64):
+    D = tiny_d(lite0_64, seed=0).eval()
+    D2 = tiny_d(lite0_64, seed=1).eval()                        # other random CCM/CSM and heads
+    x, c = smooth_images(2), torch.arange(2)
+    with torch.no_grad():
+        assert not torch.allclose(D(x, c), D2(x, c))
+        D2.load_state_dict(D.state_dict())
+        assert torch.equal(D(x, c), D2(x, c))
