@@ -17,6 +17,7 @@ __all__ = ['COMMANDS', 'build_parser', 'main', 'info_main']
 COMMANDS: dict[str, tuple[str, str]] = {
     'info': ('sgxl.cli:info_main', 'print versions and devices'),
     'dataset': ('sgxl.data:dataset_main', 'convert images (class folders, flat folder, zip, shapes) into an sgxl dataset'),
+    'embeddings': ('sgxl.embeddings:embeddings_main', 'compute (and cache) the pretrained class embeddings of a dataset (rung C)'),
 }
 
 def build_parser() -> argparse.ArgumentParser:
