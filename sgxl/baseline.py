@@ -248,10 +248,12 @@ class RungA:
     def d_trainable(self) -> list: return list(self.D.parameters())
     def g_trainable(self) -> list: return [p for p in self.G.parameters() if p.requires_grad]
 
+    def make_networks(self) -> tuple[nn.Module, nn.Module]: return self.make_G(), self.make_D()
+
     def build(self):
         "Build G, G_ema, D and the optimisers from the hooks."
-        self.G = self.make_G().to(self.device).train()
-        self.D = self.make_D().to(self.device).train()
+        G, D = self.make_networks()
+        self.G, self.D = G.to(self.device).train(), D.to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.make_optimizers()
 
@@ -352,6 +354,7 @@ def _rung_step(self, real_images: torch.Tensor, real_labels=None, step_index: in
     finally:
         self.set_training(None)
     commit_pending(self.G, self.sum_over_ranks)                               # one EMA update from the whole batch
+    self.after_step()
     average_buffers(self.D, self.world)                                       # (e.g. batch-norm statistics)
     self.nimg += n_global
     beta = ema_beta(n_global, self.nimg, self.cfg.ema_half_life_kimg, self.cfg.ema_rampup)
@@ -391,5 +394,6 @@ def _rung_sample(self, z: torch.Tensor, c=None, truncation_psi: float = 1.0) -> 
     return self.G_ema(z.to(self.device), None if c is None else c.to(self.device), truncation_psi=truncation_psi)
 
 RungA.state_dict, RungA.load_state_dict, RungA.sample = _rung_state_dict, _rung_load_state_dict, _rung_sample
+RungA.after_step = lambda self: None                                         # hook: deferred updates of later rungs
 RungA.extra_state = lambda self: {}
 RungA.load_extra_state = lambda self, state: None
