@@ -186,6 +186,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'sgxl.data.to_rgb': ('data.html#to_rgb', 'sgxl/data.py'),
                            'sgxl.data.translation': ('data.html#translation', 'sgxl/data.py')},
             'sgxl.embeddings': { 'sgxl.embeddings.ConditionalModels': ('config_c.html#conditionalmodels', 'sgxl/embeddings.py'),
+                                 'sgxl.embeddings.RungC': ('config_c.html#rungc', 'sgxl/embeddings.py'),
+                                 'sgxl.embeddings.RungC.make_networks': ('config_c.html#rungc.make_networks', 'sgxl/embeddings.py'),
                                  'sgxl.embeddings.accumulate_class_features': ( 'config_c.html#accumulate_class_features',
                                                                                 'sgxl/embeddings.py'),
                                  'sgxl.embeddings.apply_class_embeddings': ('config_c.html#apply_class_embeddings', 'sgxl/embeddings.py'),
