@@ -15,12 +15,13 @@ import torch.nn.functional as F
 
 from .core import Config, check, get_device
 from .ops import bias_act, downsample2d, setup_filter, upfirdn2d
-from .stylegan3 import (FullyConnected, Generator, LabelEmbedding, labels_to_onehot, normalize_2nd_moment,
-                            set_ops_impl)
+from .stylegan3 import (FullyConnected, Generator, LabelEmbedding, commit_pending, labels_to_onehot,
+                            normalize_2nd_moment, set_ops_impl)
 
 # %% auto #0
 __all__ = ['Conv2dLayer', 'DiscriminatorBlock', 'minibatch_stddev', 'ResNetDiscriminator', 'd_logistic_loss',
-           'g_nonsaturating_loss', 'r1_penalty', 'ema_beta', 'update_ema', 'prepare_images', 'world_size', 'RungA']
+           'g_nonsaturating_loss', 'r1_penalty', 'ema_beta', 'update_ema', 'prepare_images', 'lazy_adam',
+           'optimizer_params', 'Chunk', 'global_draws', 'make_chunks', 'average_buffers', 'all_reduce_grads', 'RungA']
 
 # %% ../nbs/04_config_a.ipynb #baf697c5
 class Conv2dLayer(nn.Module):
@@ -64,15 +65,15 @@ class DiscriminatorBlock(nn.Module):
         return y + self.conv1(self.conv0(x), gain=math.sqrt(0.5))
 
 def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
-    """Append one feature map: the standard deviation of the features across groups of `group_size` samples,
+    """Append one feature map: the standard deviation of the features across groups of `group_size` consecutive samples,
     averaged over channels and pixels (StyleGAN2). Lets D see the variety of a batch. (N, C, H, W) -> (N, C+1, H, W)."""
     n, c, h, w = x.shape
     g = max(d for d in range(1, min(group_size, n) + 1) if n % d == 0)       # largest group that divides N
-    y = x.reshape(g, n // g, c, h, w)                                          # (G, N/G, C, H, W)
+    y = x.reshape(n // g, g, c, h, w)                                          # (N/G, G, C, H, W): consecutive samples
     if y.dtype in (torch.float16, torch.bfloat16): y = y.float()               # statistics in float32 at least
-    y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt()                      # stddev over the group
+    y = (y - y.mean(1, keepdim=True)).square().mean(1).add(1e-8).sqrt()        # stddev over the group: (N/G, C, H, W)
     y = y.mean(dim=[1, 2, 3]).to(x.dtype)                                      # (N/G,)
-    y = y.reshape(1, n // g, 1, 1, 1).expand(g, -1, 1, h, w).reshape(n, 1, h, w)
+    y = y.repeat_interleave(g).reshape(n, 1, 1, 1).expand(n, 1, h, w)          # one value per group, (N, 1, H, W)
     return torch.cat([x, y], dim=1)
 
 # %% ../nbs/04_config_a.ipynb #8bc18dd9
@@ -160,106 +161,239 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float):
         b_ema.copy_(b)
 
 # %% ../nbs/04_config_a.ipynb #2531f188
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
 def prepare_images(images: torch.Tensor, device) -> torch.Tensor:
     "uint8 [0, 255] or float [-1, 1] images -> float32 [-1, 1] on `device`."
     check(isinstance(images, torch.Tensor) and images.ndim == 4, "real images must be a tensor (N, C, H, W)")
     if images.dtype == torch.uint8: images = images.float() / 127.5 - 1
     return images.to(device=device, dtype=torch.float32)
 
-def world_size() -> int:
-    "Processes in the default torch.distributed group (1 when not distributed)."
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def lazy_adam(params, lr: float, betas, eps: float, interval: int, active: bool) -> torch.optim.Adam:
+    """Adam for a network with a lazy regulariser every `interval` steps: lr and betas scaled by
+    $c = k/(k+1)$ so the effective optimiser matches a non-lazy one (StyleGAN2)."""
+    c = interval / (interval + 1) if active else 1.0
+    return torch.optim.Adam(params, lr=lr * c, betas=(float(betas[0] ** c), float(betas[1] ** c)), eps=eps)
 
+def optimizer_params(opt: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    return [p for group in opt.param_groups for p in group['params']]
+
+@dataclass
+class Chunk:
+    "The slice of a step's batch one forward/backward pass sees."
+    real: torch.Tensor                      # (n, C, R, R) in [-1, 1]
+    c: torch.Tensor | None                  # labels (n,) or None
+    z: torch.Tensor                         # (n, z_dim) latents of the G phase
+    z_d: torch.Tensor                       # (n, z_dim) latents of the fakes the D phase sees
+    mix_z: torch.Tensor | None = None       # (n, z_dim) second latents for style mixing, or None
+    mix_cutoff: int | None = None           # first ws index taken from mix_z
+    weight: float = 1.0                     # |chunk| / |this rank's batch| (all-reduce then averages ranks)
+
+# %% ../nbs/04_config_a.ipynb #b9e3a1f4
+def global_draws(n_global: int, z_dim: int, num_ws: int, mixing: float, device) -> dict:
+    "Latents and style-mixing choices for the whole global batch, from the global torch RNG (same on every rank)."
+    draws = {'z': torch.randn(n_global, z_dim), 'z_d': torch.randn(n_global, z_dim), 'mix_z': None, 'mix_cutoff': None}
+    if mixing > 0 and float(torch.rand([])) < mixing:
+        draws['mix_z'] = torch.randn(n_global, z_dim)
+        draws['mix_cutoff'] = int(torch.randint(1, num_ws, []))
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in draws.items()}
+
+def make_chunks(real, c, draws: dict, rank: int, world: int, batch_gpu: int | None) -> list[Chunk]:
+    "Split this rank's slice of the global draws and its reals into chunks of `batch_gpu`."
+    n = len(real)
+    lo = rank * n                                                       # this rank's slice of the draws
+    size = batch_gpu or n
+    chunks = []
+    for s in range(0, n, size):
+        e = min(s + size, n)
+        sl = lambda t: None if t is None else t[lo + s:lo + e]
+        chunks.append(Chunk(real[s:e], None if c is None else c[s:e], sl(draws['z']), sl(draws['z_d']),
+                            sl(draws["mix_z"]), draws["mix_cutoff"], (e - s) / n))
+    return chunks
+
+@torch.no_grad()
+def average_buffers(module: nn.Module, world: int):
+    "Average float buffers over processes, so every copy of a network stays identical (no-op for one process)."
+    if world == 1: return
+    for b in module.buffers():
+        if b.is_floating_point():
+            torch.distributed.all_reduce(b)
+            b.div_(world)
+
+def all_reduce_grads(params, world: int):
+    "Average the gradients of `params` over all processes with one flat all-reduce (no-op for one process)."
+    if world == 1: return
+    params = [p for p in params if p.grad is not None]
+    if not params: return
+    flat = torch.cat([p.grad.flatten() for p in params]) / world
+    torch.distributed.all_reduce(flat)
+    for p, g in zip(params, flat.split([p.numel() for p in params])): p.grad.copy_(g.view_as(p))
+
+# %% ../nbs/04_config_a.ipynb #c4d2e6a8
 class RungA:
-    "Rung A's trainer state and step: StyleGAN3-T G, ResNet D, logistic loss, lazy R1, G EMA."
-    def __init__(self, cfg: Config, device=None, c_dim: int | None = None, img_channels: int = 3):
-        self.cfg, self.device = cfg, get_device(device)
+    "Rung A's trainer: StyleGAN3-T G, ResNet D, logistic loss, lazy R1, G EMA; the base of every later rung."
+    def __init__(self, cfg: Config, device=None, c_dim: int | None = None, img_channels: int = 3,
+                 dataset=None, rank: int = 0, world: int = 1):
+        self.cfg, self.device, self.rank, self.world = cfg, get_device(device), rank, world
         self.c_dim = cfg.c_dim if c_dim is None else c_dim
-        self.G = Generator.from_config(cfg, self.c_dim, img_channels).to(self.device).train()
-        self.D = ResNetDiscriminator.from_config(cfg, self.c_dim, img_channels).to(self.device).train()
+        self.img_channels, self.dataset = img_channels, dataset
+        self.nimg = 0                                                         # real images shown so far (all ranks)
+        self.build()
+
+    # --- construction hooks --------------------------------------------------------------------------
+    def make_G(self) -> nn.Module: return Generator.from_config(self.cfg, self.c_dim, self.img_channels)
+    def make_D(self) -> nn.Module: return ResNetDiscriminator.from_config(self.cfg, self.c_dim, self.img_channels)
+    def d_trainable(self) -> list: return list(self.D.parameters())
+    def g_trainable(self) -> list: return [p for p in self.G.parameters() if p.requires_grad]
+
+    def make_networks(self) -> tuple[nn.Module, nn.Module]: return self.make_G(), self.make_D()
+
+    def build(self):
+        "Build G, G_ema, D and the optimisers from the hooks."
+        G, D = self.make_networks()
+        self.G, self.D = G.to(self.device).train(), D.to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.G_train, self.D_train = self.G, self.D
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.g_lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
-        # lazy R1: scale lr and betas so that Adam's effective rate matches a non-lazy run (StyleGAN2)
-        ratio = cfg.r1_interval / (cfg.r1_interval + 1) if cfg.r1 > 0 else 1.0
-        betas = (float(cfg.betas[0] ** ratio), float(cfg.betas[1] ** ratio))
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr * ratio, betas=betas, eps=cfg.adam_eps)
-        self.nimg = 0                                                          # real images shown so far
+        self.make_optimizers()
 
-    def g_step(self, real_labels) -> dict:
-        "Non-saturating G loss on fresh fakes (style mixing with probability cfg.style_mixing); Adam step for G."
-        n = self.batch_size
-        z = torch.randn(n, self.G.z_dim, device=self.device)
-        mix = {}
-        if self.cfg.style_mixing > 0 and float(torch.rand([])) < self.cfg.style_mixing:
-            mix = dict(mix_z=torch.randn_like(z), mix_cutoff=int(torch.randint(1, self.G.num_ws, [])))
-        fake = self.G_train(z, real_labels, update_emas=True, **mix)           # one G forward (DDP-friendly)
-        self.D.requires_grad_(False)                                            # D only passes gradients on
-        loss = g_nonsaturating_loss(self.D(fake, real_labels))
-        self.opt_G.zero_grad(set_to_none=True)
-        loss.backward()
-        self.D.requires_grad_(True)
-        self.opt_G.step()
-        return {'loss_G': loss.item()}
+    def make_optimizers(self):
+        cfg = self.cfg
+        self.opt_G = lazy_adam(self.g_trainable(), cfg.g_lr, cfg.betas, cfg.adam_eps, cfg.pl_interval, cfg.pl_weight > 0)
+        self.opt_D = lazy_adam(self.d_trainable(), cfg.d_lr, cfg.betas, cfg.adam_eps, cfg.r1_interval, cfg.r1 > 0)
+        self.scalers = {}                                                     # fp16 gradient scalers, per phase
 
-    def d_step(self, real, real_labels) -> dict:
-        "Logistic D loss, fakes then reals, each forward followed by its backward (DDP-friendly); Adam step for D."
-        with torch.no_grad():
-            fake = self.G(torch.randn(len(real), self.G.z_dim, device=self.device), real_labels)
-        self.opt_D.zero_grad(set_to_none=True)
-        fake_logits = self.D_train(fake, real_labels)
-        loss_fake = F.softplus(fake_logits).mean()                              # $\mathrm{softplus}(D(G(z)))$
-        loss_fake.backward()
-        real_logits = self.D_train(real, real_labels)
-        loss_real = F.softplus(-real_logits).mean()                             # $\mathrm{softplus}(-D(x))$
-        loss_real.backward()
-        self.opt_D.step()
-        return {'loss_D': loss_fake.item() + loss_real.item(), 'D_real': real_logits.mean().item(),
-                'D_fake': fake_logits.mean().item()}
+    @property
+    def resolution(self) -> int: return self.G.img_resolution
+    @property
+    def kimg(self) -> float: return self.nimg / 1000
 
-    def r1_step(self, real, real_labels) -> dict:
-        penalty, logits = r1_penalty(self.D_train, real, real_labels, return_logits=True)   # (N,), (N, 1)
-        loss = penalty.mean() * (self.cfg.r1 / 2) * self.cfg.r1_interval       # $\frac\gamma2 \lVert\nabla D\rVert^2$, lazy
-        loss = loss + logits.mean() * 0                                        # touch every weight (DDP: no unused ones)
-        self.opt_D.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_D.step()
-        return {'r1': penalty.mean().item()}
+    # --- losses (one chunk each; return (loss, stats)) ----------------------------------------------------
+    def discriminate(self, images, c) -> torch.Tensor: return self.D(images, c)
 
-    def step(self, real_images: torch.Tensor, real_labels=None, step_index: int = 0) -> dict:
-        "One training step (G, D, R1 when due, EMA) on a batch of reals; returns the losses as floats."
-        real = prepare_images(real_images, self.device)
-        check(real.shape[1:] == (self.G.img_channels, self.G.img_resolution, self.G.img_resolution),
-              f"real images of shape {tuple(real.shape)}; this rung trains at "
-              f"({self.G.img_channels}, {self.G.img_resolution}, {self.G.img_resolution})")
-        labels = None if real_labels is None else real_labels.to(self.device)
-        if self.c_dim: labels_to_onehot(labels, self.c_dim)                     # clear error for bad labels
-        self.batch_size = len(real)
-        stats = self.g_step(labels)
-        stats.update(self.d_step(real, labels))
-        if self.cfg.r1 > 0 and step_index % self.cfg.r1_interval == 0:
-            stats.update(self.r1_step(real, labels))
-        batch = len(real) * world_size()                                        # images this step, all ranks
-        self.nimg += batch
-        beta = ema_beta(batch, self.nimg, self.cfg.ema_half_life_kimg, self.cfg.ema_rampup)
-        update_ema(self.G_ema, self.G, beta)
-        stats['ema_beta'] = beta
-        return stats
+    def generate(self, b: Chunk, update_emas: bool | str = 'defer') -> torch.Tensor:
+        return self.G(b.z, b.c, update_emas=update_emas, mix_z=b.mix_z, mix_cutoff=b.mix_cutoff)
 
-    @torch.no_grad()
-    def sample(self, z: torch.Tensor, c=None, truncation_psi: float = 1.0) -> torch.Tensor:
-        "Images from the EMA generator."
-        return self.G_ema(z.to(self.device), None if c is None else c.to(self.device), truncation_psi=truncation_psi)
+    def g_loss(self, b: Chunk):
+        logits = self.discriminate(self.generate(b), b.c)
+        loss = g_nonsaturating_loss(logits)                                   # $\mathrm{softplus}(-D(G(z)))$
+        return loss, {'loss/G': loss}
 
-    def state_dict(self) -> dict:
-        "Weights, optimiser states and progress: everything needed to resume."
-        return {'G': self.G.state_dict(), 'G_ema': self.G_ema.state_dict(), 'D': self.D.state_dict(),
-                'opt_G': self.opt_G.state_dict(), 'opt_D': self.opt_D.state_dict(), 'nimg': self.nimg}
+    def d_loss(self, b: Chunk):
+        with torch.no_grad(): fake = self.G(b.z_d, b.c)
+        real_logits, fake_logits = self.discriminate(b.real, b.c), self.discriminate(fake, b.c)
+        loss = d_logistic_loss(real_logits, fake_logits)
+        return loss, {'loss/D': loss, 'D/real': real_logits.mean(), 'D/fake': fake_logits.mean()}
 
-    def load_state_dict(self, state: dict):
-        missing = {'G', 'G_ema', 'D', 'opt_G', 'opt_D', 'nimg'} - set(state)
-        check(not missing, f"checkpoint state lacks {sorted(missing)}: was it written by RungA.state_dict()?")
-        self.G.load_state_dict(state['G']); self.G_ema.load_state_dict(state['G_ema']); self.D.load_state_dict(state['D'])
-        self.opt_G.load_state_dict(state['opt_G']); self.opt_D.load_state_dict(state['opt_D'])
-        self.nimg = int(state['nimg'])
+    def d_reg_due(self, step_index: int) -> bool:
+        return self.cfg.r1 > 0 and step_index % self.cfg.r1_interval == 0
+    def d_reg(self, b: Chunk):
+        penalty, logits = r1_penalty(self.D, b.real, b.c, return_logits=True)   # (n,), (n, 1)
+        loss = penalty.mean() * (self.cfg.r1 / 2) * self.cfg.r1_interval      # $\frac\gamma2 \lVert\nabla D\rVert^2$, lazy
+        return loss + logits.mean() * 0, {'reg/r1': penalty.mean()}            # (touch every weight of D)
+
+    def g_reg_due(self, step_index: int) -> bool: return False                 # rung A: no G regulariser
+    def g_reg(self, b: Chunk): raise NotImplementedError
+
+    def phases(self, step_index: int) -> Iterator[tuple[str, torch.optim.Optimizer, Callable]]:
+        "The phases of this step, in order: (name, optimiser, loss function)."
+        yield 'G', self.opt_G, self.g_loss
+        if self.g_reg_due(step_index): yield 'Greg', self.opt_G, self.g_reg
+        yield 'D', self.opt_D, self.d_loss
+        if self.d_reg_due(step_index): yield 'Dreg', self.opt_D, self.d_reg
+
+# %% ../nbs/04_config_a.ipynb #e6f4a8c0
+def _rung_autocast(self, phase: str):
+    "autocast for a phase: bf16/fp16 forward passes on CUDA; regularisers and CPU in float32."
+    mp = self.cfg.mixed_precision
+    if self.device.type != 'cuda' or mp == 'off' or phase.endswith('reg'): return contextlib.nullcontext()
+    if mp == 'auto' and not torch.cuda.is_bf16_supported(): return contextlib.nullcontext()
+    return torch.autocast('cuda', dtype=torch.float16 if mp == 'fp16' else torch.bfloat16)
+
+def _rung_scaler(self, phase: str):
+    "fp16 needs a gradient scaler (one per phase); bf16 and float32 do not."
+    if self.device.type != 'cuda' or self.cfg.mixed_precision != 'fp16' or phase.endswith('reg'): return None
+    return self.scalers.setdefault(phase, torch.amp.GradScaler('cuda'))
+
+def _rung_set_training(self, opt=None):
+    "Let only `opt`'s parameters require gradients (None: all trainable parameters again)."
+    for o in (self.opt_G, self.opt_D):
+        for p in optimizer_params(o): p.requires_grad_(opt is None or o is opt)
+
+def _rung_run_phase(self, name: str, opt, loss_fn, chunks: list[Chunk]) -> dict:
+    "One optimiser step: weighted backward over the chunks, all-reduce over processes, Adam step."
+    self.set_training(opt)
+    opt.zero_grad(set_to_none=True)
+    scaler, totals = self.scaler(name), {}
+    for b in chunks:
+        with self.autocast(name):
+            loss, stats = loss_fn(b)
+        weighted = loss.float() * b.weight                                    # $\frac{|B_k|}{|B|} L_{B_k}$
+        (scaler.scale(weighted) if scaler else weighted).backward()
+        for k, v in stats.items(): totals[k] = totals.get(k, 0.0) + v.detach().float() * b.weight
+    all_reduce_grads(optimizer_params(opt), self.world)                       # mean over processes
+    if scaler: scaler.step(opt); scaler.update()
+    else: opt.step()
+    return {k: float(v) for k, v in totals.items()}
+
+def _rung_step(self, real_images: torch.Tensor, real_labels=None, step_index: int = 0,
+               batch_gpu: int | None = None) -> dict:
+    "One training step on this rank's slice of the global batch: every due phase, then the EMA of G."
+    real = prepare_images(real_images, self.device)
+    check(real.shape[1:] == (self.img_channels, self.resolution, self.resolution),
+          f"real images of shape {tuple(real.shape)}; this rung trains at "
+          f"({self.img_channels}, {self.resolution}, {self.resolution})")
+    labels = None if real_labels is None else real_labels.to(self.device)
+    if self.c_dim: labels_to_onehot(labels, self.c_dim)                       # clear error for bad labels
+    n_global = len(real) * self.world
+    draws = global_draws(n_global, self.G.z_dim, self.G.num_ws, self.cfg.style_mixing, self.device)
+    chunks = make_chunks(real, labels, draws, self.rank, self.world, batch_gpu or self.cfg.batch_gpu)
+    stats = {}
+    try:
+        for name, opt, loss_fn in self.phases(step_index): stats.update(self.run_phase(name, opt, loss_fn, chunks))
+    finally:
+        self.set_training(None)
+    commit_pending(self.G, self.sum_over_ranks)                               # one EMA update from the whole batch
+    self.after_step()
+    average_buffers(self.D, self.world)                                       # (e.g. batch-norm statistics)
+    self.nimg += n_global
+    beta = ema_beta(n_global, self.nimg, self.cfg.ema_half_life_kimg, self.cfg.ema_rampup)
+    update_ema(self.G_ema, self.G, beta)
+    return {**stats, 'ema_beta': beta}
+
+RungA.autocast, RungA.scaler, RungA.set_training = _rung_autocast, _rung_scaler, _rung_set_training
+def _rung_sum_over_ranks(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    "Sum a list of tensors over processes (one all-reduce); unchanged for one process."
+    if self.world == 1: return tensors
+    flat = torch.cat([t.flatten() for t in tensors])
+    torch.distributed.all_reduce(flat)
+    return [f.view_as(t) for f, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+RungA.run_phase, RungA.step, RungA.sum_over_ranks = _rung_run_phase, _rung_step, _rung_sum_over_ranks
+
+# %% ../nbs/04_config_a.ipynb #a8b6c0e2
+def _rung_state_dict(self) -> dict:
+    "Weights, optimiser states and progress: everything needed to resume."
+    return {'G': self.G.state_dict(), 'G_ema': self.G_ema.state_dict(), 'D': self.D.state_dict(),
+            'opt_G': self.opt_G.state_dict(), 'opt_D': self.opt_D.state_dict(), 'nimg': self.nimg,
+            'scalers': {k: s.state_dict() for k, s in self.scalers.items()}, 'extra': self.extra_state()}
+
+def _rung_load_state_dict(self, state: dict):
+    "Restore what `state_dict` returned (the extra state first: it may rebuild networks, e.g. a later stage)."
+    missing = {'G', 'G_ema', 'D', 'opt_G', 'opt_D', 'nimg'} - set(state)
+    check(not missing, f"checkpoint state lacks {sorted(missing)}: was it written by a rung's state_dict()?")
+    self.load_extra_state(state.get('extra', {}))
+    self.G.load_state_dict(state['G']); self.G_ema.load_state_dict(state['G_ema']); self.D.load_state_dict(state['D'])
+    self.opt_G.load_state_dict(state['opt_G']); self.opt_D.load_state_dict(state['opt_D'])
+    for k, s in state.get('scalers', {}).items(): self.scaler(k).load_state_dict(s)
+    self.nimg = int(state['nimg'])
+
+@torch.no_grad()
+def _rung_sample(self, z: torch.Tensor, c=None, truncation_psi: float = 1.0) -> torch.Tensor:
+    "Images from the EMA generator."
+    return self.G_ema(z.to(self.device), None if c is None else c.to(self.device), truncation_psi=truncation_psi)
+
+RungA.state_dict, RungA.load_state_dict, RungA.sample = _rung_state_dict, _rung_load_state_dict, _rung_sample
+RungA.after_step = lambda self: None                                         # hook: deferred updates of later rungs
+RungA.extra_state = lambda self: {}
+RungA.load_extra_state = lambda self, state: None

@@ -23,7 +23,7 @@ from .baseline import prepare_images
 from .core import LITE0, Config, atomic_write, check, get_device
 from .data import load
 from .features import FeatureNetwork
-from .projected import ClassEmbedding, ProjectedDiscriminator, projected_discriminator
+from .projected import ClassEmbedding, ProjectedDiscriminator, RungB, projected_discriminator
 from .stylegan3 import Generator, LabelEmbedding
 
 _log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ _log = logging.getLogger(__name__)
 __all__ = ['CACHE_VERSION', 'pooled_features', 'class_sums', 'class_means', 'check_labelled', 'user_cache_dir', 'cache_folders',
            'weights_fingerprint', 'embedding_key', 'table_filename', 'save_class_embeddings', 'load_class_embeddings',
            'read_cached', 'write_cached', 'accumulate_class_features', 'class_embeddings', 'apply_class_embeddings',
-           'ConditionalModels', 'rung_c_models', 'embeddings_main']
+           'ConditionalModels', 'rung_c_models', 'embeddings_main', 'RungC']
 
 # %% ../nbs/06_config_c.ipynb #1c29b54f
 def pooled_features(feature_net: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -296,3 +296,14 @@ def embeddings_main(argv: list[str]) -> int:
           f"from {LITE0} at {args.feature_resolution}px ({meta['weights_source']})")
     print(meta['path'] or 'not cached (no writable cache folder)')
     return 0
+
+# %% ../nbs/06_config_c.ipynb #46cbb82e
+class RungC(RungB):
+    "Rung B with G and D conditioned on the dataset's pretrained class embeddings."
+    def make_networks(self) -> tuple[nn.Module, nn.Module]:
+        check(self.dataset is not None, "rung C computes its class embeddings from the dataset: pass dataset= "
+              "(a dataset from sgxl.data.load) when building the rung")
+        models = rung_c_models(self.cfg.replace(c_dim=self.c_dim), self.dataset, device=self.device)
+        self.embeddings_meta = {k: v for k, v in models.meta.items() if k != 'counts'}
+        self.class_table = models.table                                    # (classes, 320): where G and D start
+        return models.G, models.D

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .baseline import Chunk, RungA
 from .core import Config, check
 from .data import diff_augment
 from .features import FeatureNetwork, frozen_conv, resize
@@ -20,7 +21,7 @@ from .features import FeatureNetwork, frozen_conv, resize
 # %% auto #0
 __all__ = ['FeatureProjector', 'ClassEmbedding', 'sn', 'down_block', 'PatchDiscriminator', 'blur_sigma_at', 'gaussian_blur',
            'ProjectedDiscriminator', 'hinge_d_loss', 'hinge_g_loss', 'feature_networks', 'projected_discriminator',
-           'spectral_sigmas']
+           'spectral_sigmas', 'RungB']
 
 # %% ../nbs/05_config_b.ipynb #2f66f3db
 class FeatureProjector(nn.Module):
@@ -206,3 +207,59 @@ def spectral_sigmas(module: nn.Module, power_iterations: int = 0) -> dict[str, f
                 for _ in range(power_iterations): m.weight   # in training mode, one power iteration per access
                 out[name] = torch.linalg.matrix_norm(m.weight.flatten(1), ord=2).item()
     return out
+
+# %% ../nbs/05_config_b.ipynb #901405db
+class RungB(RungA):
+    "Rung A with the Projected GAN discriminator, hinge loss, blur, no R1 / style mixing, late path length."
+    pl_decay = 0.01                                                       # running mean of path lengths (StyleGAN2)
+
+    def make_D(self) -> nn.Module: return projected_discriminator(self.cfg, self.c_dim)
+    def d_trainable(self) -> list: return list(self.D.trainable_parameters())
+
+    def build(self):
+        super().build()
+        self.pl_mean = torch.zeros([], device=self.device)                # $a$
+        self._pl_pending = None
+
+    def blur_sigma(self) -> float: return blur_sigma_at(self.kimg, self.cfg.blur_sigma, self.cfg.blur_fade_kimg)
+    def discriminate(self, images, c) -> torch.Tensor: return self.D(images, c, blur_sigma=self.blur_sigma())
+
+    def g_loss(self, b: Chunk):
+        loss = hinge_g_loss(self.discriminate(self.generate(b), b.c))      # $-D(G(z))$
+        return loss, {'loss/G': loss}
+
+    def d_loss(self, b: Chunk):
+        with torch.no_grad(): fake = self.G(b.z_d, b.c)
+        real_logits, fake_logits = self.discriminate(b.real, b.c), self.discriminate(fake, b.c)
+        loss = hinge_d_loss(real_logits, fake_logits)
+        return loss, {'loss/D': loss, 'D/real': real_logits.mean(), 'D/fake': fake_logits.mean()}
+
+    def g_reg_due(self, step_index: int) -> bool:
+        cfg = self.cfg
+        return cfg.pl_weight > 0 and self.kimg >= cfg.pl_start_kimg and step_index % cfg.pl_interval == 0
+
+    def g_reg(self, b: Chunk):
+        "Path length: $(\\lVert J_w^T y \\rVert - a)^2$ on half the chunk, times pl_weight * pl_interval (lazy)."
+        n = max(1, len(b.z) // 2)
+        ws = self.G.mapping(b.z[:n], None if b.c is None else b.c[:n])       # (n, num_ws, w_dim)
+        img = self.G.synthesis(ws)                                         # (n, 3, R, R)
+        y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+        (grad,) = torch.autograd.grad((img * y).sum(), ws, create_graph=True)   # $J_w^T y$: (n, num_ws, w_dim)
+        lengths = grad.square().sum(2).mean(1).sqrt()                      # (n,)
+        self._pl_pending = [lengths.detach().sum(), lengths.new_tensor(float(n))] if self._pl_pending is None else \
+            [self._pl_pending[0] + lengths.detach().sum(), self._pl_pending[1] + n]
+        a = self.pl_mean if self.pl_mean > 0 else lengths.detach().mean()  # the first call starts $a$ at its lengths
+        penalty = (lengths - a).square().mean()
+        return penalty * self.cfg.pl_weight * self.cfg.pl_interval, {'reg/pl': penalty, 'reg/pl_mean': a}
+
+    def after_step(self):
+        "Update the running mean of the path lengths once, from every chunk and process of this step."
+        if self._pl_pending is None: return
+        total, count = self.sum_over_ranks(self._pl_pending)
+        self._pl_pending = None
+        mean = total / count
+        self.pl_mean = mean if self.pl_mean == 0 else self.pl_mean.lerp(mean, self.pl_decay)
+
+    def extra_state(self) -> dict: return {'pl_mean': self.pl_mean}
+    def load_extra_state(self, state: dict):
+        if 'pl_mean' in state: self.pl_mean = state['pl_mean'].to(self.device)

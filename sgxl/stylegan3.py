@@ -22,8 +22,8 @@ __all__ = ['LayerSpec', 'filter_schedule', 'schedule_from_config', 'layer_io', '
            'kaiser_attenuation', 'kaiser_beta', 'lowpass_filter', 'FullyConnected', 'normalize_2nd_moment',
            'labels_to_onehot', 'LabelEmbedding', 'MappingNetwork', 'translation_matrix', 'rotation_matrix',
            'sample_grid', 'FourierInput', 'modulated_conv2d', 'alias_free_padding', 'SynthesisLayer', 'ToRGB',
-           'SynthesisNetwork', 'Generator', 'set_ops_impl', 'count_parameters', 'interpolation_kernel', 'warp_images',
-           'equivariance_psnr', 'eq_t', 'eq_r']
+           'SynthesisNetwork', 'Generator', 'commit_pending', 'set_ops_impl', 'count_parameters',
+           'interpolation_kernel', 'warp_images', 'equivariance_psnr', 'eq_t', 'eq_r']
 
 # %% ../nbs/02_stylegan3.ipynb #8d310a32
 @dataclass(frozen=True)
@@ -215,6 +215,7 @@ class MappingNetwork(nn.Module):
         self.register_buffer('w_avg_count', torch.zeros([]))              # updates seen (0 = not initialised)
         self.register_buffer('w_avg_class', torch.zeros(c_dim, w_dim))   # per-class means of w
         self.register_buffer('w_avg_class_count', torch.zeros(c_dim))     # per-class observations
+        self._pending = None                                              # deferred sums (see `commit_pending`)
 
     def set_embedding(self, embed: nn.Module):
         "Swap the label embedding (rung C): any module mapping labels -> (N, embed_dim) with the same embed_dim."
@@ -235,10 +236,11 @@ class MappingNetwork(nn.Module):
         return x                                                          # (N, w_dim)
 
     def forward(self, z, c=None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                update_w_avg: bool = False) -> torch.Tensor:
+                update_w_avg: bool | str = False) -> torch.Tensor:
         w = self.embed_w(z, c)
         onehot = labels_to_onehot(c, self.c_dim, w.device)
-        if update_w_avg: self.update_w_avg(w.detach(), onehot)
+        if update_w_avg == 'defer': self.defer_w_avg(w.detach(), onehot)
+        elif update_w_avg: self.update_w_avg(w.detach(), onehot)
         ws = w[:, None].repeat(1, self.num_ws, 1)                         # (N, num_ws, w_dim)
         if truncation_psi != 1: ws = self.truncate(ws, onehot, truncation_psi, truncation_cutoff)
         return ws
@@ -246,14 +248,30 @@ class MappingNetwork(nn.Module):
     @torch.no_grad()
     def update_w_avg(self, w: torch.Tensor, onehot: torch.Tensor | None = None):
         "EMA of w: globally, and per class present in the batch (weights = the label rows)."
+        self._apply_w_avg(w.mean(0), None if onehot is None else onehot.t() @ w, None if onehot is None else onehot.sum(0))
+
+    @torch.no_grad()
+    def defer_w_avg(self, w: torch.Tensor, onehot: torch.Tensor | None = None):
+        "Add this batch's sums to the pending update instead of updating now (applied by `commit_pending`)."
+        sums = [w.sum(0), w.new_tensor(float(len(w)))]
+        if onehot is not None: sums += [onehot.t() @ w, onehot.sum(0)]
+        self._pending = sums if self._pending is None else [a + b for a, b in zip(self._pending, sums)]
+
+    @torch.no_grad()
+    def commit_pending(self, reduce=None):
+        "Apply the deferred update from the summed batches; `reduce` sums the sums over processes first."
+        if self._pending is None: return
+        sums, self._pending = self._pending, None
+        if reduce is not None: sums = reduce(sums)
+        self._apply_w_avg(sums[0] / sums[1], *(sums[2:] if len(sums) > 2 else (None, None)))
+
+    def _apply_w_avg(self, mean: torch.Tensor, class_sums: torch.Tensor | None, counts: torch.Tensor | None):
         beta = self.w_avg_beta
-        mean = w.mean(0)
         # $\bar w \leftarrow \beta \bar w + (1 - \beta)\,\mathrm{mean}(w)$ (the first batch initialises it)
         self.w_avg.copy_(mean.lerp(self.w_avg, beta) if self.w_avg_count > 0 else mean)
         self.w_avg_count += 1
-        if onehot is None: return
-        counts = onehot.sum(0)                                            # (c_dim,)
-        means = (onehot.t() @ w) / counts.clamp(min=1e-8)[:, None]        # (c_dim, w_dim) class means in batch
+        if class_sums is None: return
+        means = class_sums / counts.clamp(min=1e-8)[:, None]              # (c_dim, w_dim) class means in batch
         seen, present = (self.w_avg_class_count > 0)[:, None], (counts > 0)[:, None]
         new = torch.where(seen, means.lerp(self.w_avg_class, beta), means)
         self.w_avg_class.copy_(torch.where(present, new, self.w_avg_class))
@@ -377,12 +395,14 @@ class SynthesisLayer(nn.Module):
         self.register_buffer('up_filter', fu.to(dev), persistent=False)      # (K_u,) separable
         self.register_buffer('down_filter', fd.to(dev), persistent=False)    # (K_d,) separable
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, update_emas: bool | str = False) -> torch.Tensor:
         check(x.shape[1:] == (self.in_spec.channels, self.in_spec.size, self.in_spec.size),
               f"{self.out_spec.name}: input {tuple(x.shape)}, want (N, {self.in_spec.channels}, "
               f"{self.in_spec.size}, {self.in_spec.size})")
         if update_emas and not self.freeze_magnitude_ema:            # $\sigma^2 \leftarrow \beta\sigma^2 + (1-\beta)\,\mathrm{mean}(x^2)$
-            self.magnitude_ema.copy_(x.detach().float().square().mean().lerp(self.magnitude_ema, self.magnitude_ema_beta))
+            sq = x.detach().float().square()
+            if update_emas == 'defer': self.defer_magnitude(sq)
+            else: self.magnitude_ema.copy_(sq.mean().lerp(self.magnitude_ema, self.magnitude_ema_beta))
         styles = self.affine(w)                                              # (N, C_in)
         x = modulated_conv2d(x, self.weight, styles, input_gain=self.magnitude_ema.rsqrt().to(x.dtype))
         p0, p1 = alias_free_padding(x.shape[-1], self.out_spec.size, self.up, self.down,
@@ -390,6 +410,20 @@ class SynthesisLayer(nn.Module):
         return filtered_lrelu(x, self.up_filter.to(x.dtype), self.down_filter.to(x.dtype), self.bias.to(x.dtype),
                               up=self.up, down=self.down, padding=(p0, p1, p0, p1), gain=math.sqrt(2),
                               slope=0.2, clamp=self.conv_clamp, impl=self.impl)   # (N, C_out, size_out, size_out)
+
+    @torch.no_grad()
+    def defer_magnitude(self, sq: torch.Tensor):
+        "Add sum(x^2) and the count to the pending update (applied by `commit_pending`)."
+        sums = [sq.sum(), sq.new_tensor(float(sq.numel()))]
+        self._pending = sums if getattr(self, '_pending', None) is None else [a + b for a, b in zip(self._pending, sums)]
+
+    @torch.no_grad()
+    def commit_pending(self, reduce=None):
+        "Apply the deferred magnitude update with the mean over all summed batches (and processes, via `reduce`)."
+        if getattr(self, '_pending', None) is None: return
+        sums, self._pending = self._pending, None
+        if reduce is not None: sums = reduce(sums)
+        self.magnitude_ema.copy_((sums[0] / sums[1]).lerp(self.magnitude_ema, self.magnitude_ema_beta))
 
     def extra_repr(self):
         i, o = self.in_spec, self.out_spec
@@ -407,7 +441,7 @@ class ToRGB(nn.Module):
         self.weight_gain = 1 / math.sqrt(in_spec.channels)                   # equalised lr for the 1x1 conv
         self.impl = 'auto'
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, update_emas: bool | str = False) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain                           # (N, C_in)
         x = modulated_conv2d(x, self.weight, styles, demodulate=False)      # (N, 3, S, S)
         crop = (x.shape[-1] - self.out_spec.size) // 2
@@ -444,7 +478,7 @@ class SynthesisNetwork(nn.Module):
         for layer in self.layers:
             if isinstance(layer, SynthesisLayer): layer.set_lowpass(enabled)
 
-    def forward(self, ws: torch.Tensor, update_emas: bool = False, return_features: bool = False):
+    def forward(self, ws: torch.Tensor, update_emas: bool | str = False, return_features: bool = False):
         check(ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim),
               f"ws of shape {tuple(ws.shape)}: want (N, {self.num_ws}, {self.w_dim})")
         x = self.input(ws[:, 0])                                            # (N, C0, 36, 36)
@@ -502,7 +536,7 @@ class Generator(nn.Module):
         return set_ops_impl(self, impl)
 
     def forward(self, z: torch.Tensor, c=None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                update_emas: bool = False, mix_z: torch.Tensor | None = None, mix_cutoff: int | None = None):
+                update_emas: bool | str = False, mix_z: torch.Tensor | None = None, mix_cutoff: int | None = None):
         "z (N, z_dim), labels -> images; `mix_z` / `mix_cutoff`: style mixing, ws[:, mix_cutoff:] from mix_z."
         ws = self.mapping(z, c, truncation_psi, truncation_cutoff, update_w_avg=update_emas)
         if mix_z is not None:
@@ -511,6 +545,12 @@ class Generator(nn.Module):
             ws2 = self.mapping(mix_z, c, truncation_psi, truncation_cutoff)
             ws = torch.cat([ws[:, :mix_cutoff], ws2[:, mix_cutoff:]], dim=1)
         return self.synthesis(ws, update_emas=update_emas)
+
+def commit_pending(module: nn.Module, reduce=None) -> nn.Module:
+    "Apply the deferred EMA updates (`update_emas='defer'`) of every layer of `module`; `reduce` sums over processes."
+    for m in module.modules():
+        if m is not module and hasattr(m, 'commit_pending'): m.commit_pending(reduce)
+    return module
 
 def set_ops_impl(module: nn.Module, impl: str = 'auto') -> nn.Module:
     """Choose the implementation of the fused ops for every layer of `module` that has one: 'auto' (CUDA

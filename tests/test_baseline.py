@@ -31,7 +31,7 @@ def test_resume_from_file_is_bit_exact(tmp_path):
     resumed.load_state_dict(ckpt['rung'])
     torch.set_rng_state(ckpt['rng'])
     stats_b = [resumed.step(reals, labels, i) for i in range(2, 4)]
-    assert stats_a == stats_b and 'r1' in stats_a[0]
+    assert stats_a == stats_b and 'reg/r1' in stats_a[0]
     for name in ('G', 'G_ema', 'D'):
         sa, sb = getattr(rung, name).state_dict(), getattr(resumed, name).state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
@@ -44,7 +44,7 @@ def test_unconditional_uint8_step_and_r1_schedule():
     reals, _ = _batch(2)
     before = copy.deepcopy(rung.D.state_dict())
     stats = [rung.step(reals, None, i) for i in range(4)]
-    assert ['r1' in s for s in stats] == [True, False, False, True]
+    assert ['reg/r1' in s for s in stats] == [True, False, False, True]
     assert all(isinstance(v, float) and v == v for s in stats for v in s.values())
     assert any(not torch.equal(before[k], v) for k, v in rung.D.state_dict().items())
     assert rung.nimg == 8 and all(isinstance(b, float) for g in rung.opt_D.param_groups for b in g['betas'])
@@ -76,23 +76,22 @@ def test_bad_input_errors_name_the_fix():
 def _ddp_worker(rank, world, port, out_dir):
     import os
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=world)
     torch.set_num_threads(1)
-    seed_everything(0)                                     # same initial weights on both ranks
-    rung = RungA(make_config('A', 'tiny', c_dim=2, batch=4, r1_interval=2), 'cpu')
-    rung.G_train, rung.D_train = DDP(rung.G), DDP(rung.D)
-    seed_everything(10 + rank)                             # different reals and latents per rank
-    reals, labels = torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([0, 1])
+    seed_everything(0)                                     # same weights and latent stream on every rank
+    rung = RungA(make_config('A', 'tiny', c_dim=2, batch=4, r1_interval=2), 'cpu', rank=rank, world=world)
+    g = torch.Generator().manual_seed(10 + rank)           # different reals per rank
+    reals, labels = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.tensor([0, 1])
     stats = [rung.step(reals, labels, i) for i in range(3)]  # R1 at steps 0 and 2
-    flat = torch.cat([p.detach().flatten() for m in (rung.G, rung.D) for p in m.parameters()])
+    flat = torch.cat([t.detach().flatten().float() for m in (rung.G, rung.D, rung.G_ema)
+                      for t in [*m.parameters(), *m.buffers()]])
     torch.save({'params': flat, 'stats': stats, 'nimg': rung.nimg}, f'{out_dir}/rank{rank}.pt')
     dist.destroy_process_group()
 
 
 def test_ddp_two_processes_stay_in_sync(tmp_path):
-    "RungA with G_train / D_train wrapped in DDP (gloo, 2 CPU processes): weights stay identical across ranks."
+    "RungA across 2 gloo CPU processes: weights, buffers and the EMA stay identical on both ranks."
     import socket
     import torch.multiprocessing as mp
     with socket.socket() as s:
@@ -100,4 +99,4 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in (0, 1))
     assert torch.equal(r0['params'], r1['params']) and r0['nimg'] == r1['nimg'] == 3 * 2 * 2   # all ranks' images
-    assert r0['stats'] != r1['stats'] and 'r1' in r0['stats'][2]          # the ranks saw different data
+    assert r0['stats'] != r1['stats'] and 'reg/r1' in r0['stats'][2]      # the ranks saw different data
