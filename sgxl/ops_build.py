@@ -22,7 +22,7 @@ import torch
 import sgxl
 
 CSRC = Path(sgxl.__file__).resolve().parent / 'csrc'     # hand-written C++/CUDA sources
-HEADERS = ('sgxl_ops.h', 'sgxl_bind.h', 'sgxl_cuda.h')
+HEADERS = ('sgxl_ops.h', 'sgxl_bind.h', 'sgxl_cuda.h', 'sgxl_cpu_kernels.h')
 SOURCES = {'cpu': ('sgxl_ops_cpu.cpp',), 'cuda': ('sgxl_ops_cuda.cpp', 'sgxl_cuda_kernels.cu')}
 DEFAULT_CUDA_HOME = '/usr/local/cuda'
 DEFAULT_ARCH_LIST = '8.0;9.0'                              # A100, H100 (used when no GPU is visible)

@@ -1,7 +1,16 @@
-// sgxl fused ops, CPU build: loops over planes (or elements) that call the shared arithmetic of sgxl_ops.h.
-// It exists so that machines without a GPU run -- and the tests check -- the kernels' arithmetic. Each plane
-// is one tile, so the tile logic is the GPU's with a single worker (tid 0 of 1).
+// sgxl fused ops, CPU build. Two kinds of loops call the shared arithmetic of sgxl_ops.h:
+//  * the fast path (the default): separable upfirdn2d and filtered_lrelu on blocks of 8 planes, one lane vector
+//    per sample (sgxl_cpu_kernels.h), compiled for the baseline instruction set and for AVX2 + FMA, chosen at
+//    run time (SGXL_CPU_ISA=base forces the baseline);
+//  * the tile path: the CUDA kernel's tiles and per-sample phases with a single worker (tid 0 of 1), which the
+//    tests run (ops.CPU_TILE > 0) to check the GPU's arithmetic on the CPU; it also takes 2-D (non-separable)
+//    filters.
+// float32, float64, float16 and bfloat16 tensors; half types are computed in float32.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "sgxl_bind.h"
 
@@ -9,6 +18,45 @@ namespace sgxl {
 
 template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
+
+#define SGXL_ISA_NS isa_base
+#include "sgxl_cpu_kernels.h"
+#undef SGXL_ISA_NS
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SGXL_HAVE_AVX2 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define SGXL_ISA_NS isa_avx2
+#include "sgxl_cpu_kernels.h"
+#undef SGXL_ISA_NS
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+// The instruction set the fast path runs: "avx2" where the CPU has AVX2 and FMA, else "base";
+// the environment variable SGXL_CPU_ISA=base forces the baseline (the tests run both).
+static const char* cpu_isa() {
+    const char* force = std::getenv("SGXL_CPU_ISA");
+    if (force && std::strcmp(force, "base") == 0) return "base";
+#ifdef SGXL_HAVE_AVX2
+    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2) return "avx2";
+#endif
+    return "base";
+}
+
+static bool use_avx2() { return std::strcmp(cpu_isa(), "avx2") == 0; }
+
+// the dtypes of every CPU op
+#define SGXL_DISPATCH(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 // ---- bias_act: mode 0 value, 1 gradient, 2 second-order term -----------------------------------------------
 // ACT is a template argument so that, once the header's functions are inlined, their switch folds away and
@@ -58,7 +106,7 @@ at::Tensor bias_act(int64_t mode, at::Tensor x, std::optional<at::Tensor> b_, st
     TORCH_CHECK(mode != 2 || (gg.defined() && gg.sizes() == x.sizes() && gg.is_contiguous()), "sgxl: bad gradient");
     BiasActParams p{(int)act, alpha, gain, clamp};
     auto out = at::empty_like(x);
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sgxl_bias_act", [&] {
+    SGXL_DISPATCH(x.scalar_type(), "sgxl_bias_act", [&] {
         bias_act_dispatch<scalar_t>((int)mode, p, x.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
                                 g.defined() ? g.data_ptr<scalar_t>() : nullptr, gg.defined() ? gg.data_ptr<scalar_t>() : nullptr,
                                 out.data_ptr<scalar_t>(), x.numel(), C, inner);
@@ -67,28 +115,32 @@ at::Tensor bias_act(int64_t mode, at::Tensor x, std::optional<at::Tensor> b_, st
 }
 
 // ---- upfirdn2d -----------------------------------------------------------------------------------------------
+// 2-D (non-separable) filters: one output sample at a time (upfirdn2d_sample of sgxl_ops.h)
 template <typename T>
-void upfirdn2d_loop(const T* x, T* y, const float* c, bool separable, int64_t P, int H, int W, int Ho, int Wo,
-                    int kx, int ky, int upx, int upy, int dx, int dy, int px0, int py0, double gain) {
+void upfirdn2d_2d_loop(const T* x, T* y, const float* c, int64_t P, int H, int W, int Ho, int Wo, int kx, int ky,
+                       int upx, int upy, int dx, int dy, int px0, int py0, double gain) {
     using A = typename AccOf<T>::type;
     at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
-        std::vector<A> tmp(separable ? (size_t)H * Wo : 0);               // one plane filtered along x
         for (int64_t p = p0; p < p1; ++p) {
             const T* xp = x + p * H * W;
             T* yp = y + p * Ho * Wo;
-            if (separable) {
-                for (int iy = 0; iy < H; ++iy)
-                    for (int ox = 0; ox < Wo; ++ox)
-                        tmp[(size_t)iy * Wo + ox] = upfirdn1d_sample<A, T>(xp + (int64_t)iy * W, 1, W, c, kx, upx, px0, ox * dx);
-                for (int oy = 0; oy < Ho; ++oy)
-                    for (int ox = 0; ox < Wo; ++ox)
-                        yp[(int64_t)oy * Wo + ox] = T(A(gain) * upfirdn1d_sample<A, A>(tmp.data() + ox, Wo, H, c, ky, upy, py0, oy * dy));
-            } else {
-                for (int oy = 0; oy < Ho; ++oy)
-                    for (int ox = 0; ox < Wo; ++ox)
-                        yp[(int64_t)oy * Wo + ox] = T(A(gain) * upfirdn2d_sample<A, T>(xp, H, W, c, kx, ky, upx, upy, px0, py0, oy * dy, ox * dx));
-            }
+            for (int oy = 0; oy < Ho; ++oy)
+                for (int ox = 0; ox < Wo; ++ox)
+                    yp[(int64_t)oy * Wo + ox] = T(A(gain) * upfirdn2d_sample<A, T>(xp, H, W, c, kx, ky, upx, upy, px0, py0, oy * dy, ox * dx));
         }
+    });
+}
+
+// separable filters: the fast path, blocks of 8 planes split over threads
+template <typename T>
+void upfirdn2d_fast(const UpfirdnGeom& g, const T* x, T* y, int64_t P) {
+    const bool avx2 = use_avx2();
+    at::parallel_for(0, (P + LANES - 1) / LANES, 1, [&](int64_t b0, int64_t b1) {
+#ifdef SGXL_HAVE_AVX2
+        if (avx2) return isa_avx2::upfirdn_blocks<T>(g, x, y, P, b0, b1);
+#endif
+        (void)avx2;
+        isa_base::upfirdn_blocks<T>(g, x, y, P, b0, b1);
     });
 }
 
@@ -99,11 +151,18 @@ at::Tensor upfirdn2d(at::Tensor x, at::Tensor f, int64_t upx, int64_t upy, int64
     TORCH_CHECK(f.scalar_type() == at::kFloat && f.is_contiguous() && (f.dim() == 1 || f.dim() == 2), "sgxl: bad filter");
     auto shape = upfirdn_out_size(x, f, upx, upy, downx, downy, pad);
     auto y = at::empty(shape, x.options());
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sgxl_upfirdn2d", [&] {
-        upfirdn2d_loop<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), f.data_ptr<float>(), f.dim() == 1,
-                                 x.size(0) * x.size(1), (int)x.size(2), (int)x.size(3), (int)shape[2], (int)shape[3],
-                                 (int)f.size(-1), (int)f.size(0), (int)upx, (int)upy, (int)downx, (int)downy,
-                                 (int)pad[0], (int)pad[2], gain);
+    const int64_t P = x.size(0) * x.size(1);
+    const int H = (int)x.size(2), W = (int)x.size(3), Ho = (int)shape[2], Wo = (int)shape[3];
+    SGXL_DISPATCH(x.scalar_type(), "sgxl_upfirdn2d", [&] {
+        if (f.dim() == 1) {
+            const UpfirdnGeom g{H, W, Ho, Wo, (int)f.size(0), (int)upx, (int)upy, (int)downx, (int)downy,
+                                          (int)pad[0], (int)pad[2], gain, f.data_ptr<float>()};
+            upfirdn2d_fast<scalar_t>(g, x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), P);
+        } else {
+            upfirdn2d_2d_loop<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), f.data_ptr<float>(), P, H, W, Ho,
+                                        Wo, (int)f.size(1), (int)f.size(0), (int)upx, (int)upy, (int)downx, (int)downy,
+                                        (int)pad[0], (int)pad[2], gain);
+        }
     });
     return y;
 }
@@ -136,7 +195,7 @@ void fused_tile(const FusedGeom& g, const Tile& t, const T* xp, A bias, T* yp, u
     }
 }
 
-// tile 0: each plane is one tile, row-wise phases. tile > 0: tile x tile output tiles with the per-sample
+// tile 0: each plane is one tile, row-wise phases (filters that are not both separable). tile > 0: tile x tile output tiles with the per-sample
 // phases, exactly the CUDA kernel's decomposition (the tests use it to check that code on the CPU).
 template <typename T>
 void fused_loop(const FusedGeom& g, const T* x, const T* b, int64_t C, T* y, uint32_t* codes, int64_t P, int tile) {
@@ -157,8 +216,22 @@ void fused_loop(const FusedGeom& g, const T* x, const T* b, int64_t C, T* y, uin
     });
 }
 
+// The fast path: both filters separable, each plane one tile, blocks of 8 planes split over threads.
+template <typename T>
+void fused_fast(const FusedGeom& g, const T* x, const T* b, int64_t C, T* y, uint32_t* codes, int64_t P) {
+    const Tile t = make_tile(g, 0, g.Ho, 0, g.Wo);
+    const bool avx2 = use_avx2();
+    at::parallel_for(0, (P + LANES - 1) / LANES, 1, [&](int64_t b0, int64_t b1) {
+#ifdef SGXL_HAVE_AVX2
+        if (avx2) return isa_avx2::fused_blocks<T>(g, t, x, b, C, y, codes, P, b0, b1);
+#endif
+        (void)avx2;
+        isa_base::fused_blocks<T>(g, t, x, b, C, y, codes, P, b0, b1);
+    });
+}
+
 // mode 0: y, codes = filtered_lrelu(x + b); mode 1: y = masked linear map of x with the given codes.
-// tile > 0 splits each plane into tile x tile output tiles exactly as the CUDA kernel does (tests use it).
+// tile 0 with separable filters runs the fast path; tile > 0 splits each plane into tile x tile output tiles exactly as the CUDA kernel does (tests use it).
 std::vector<at::Tensor> filtered_lrelu(at::Tensor x, std::optional<at::Tensor> b_, at::Tensor ta,
                                           at::Tensor tb, std::optional<at::Tensor> codes_, int64_t mode, int64_t up, std::vector<int64_t> pa,
                                           double gain_a, int64_t down, std::vector<int64_t> pb, double gain_b,
@@ -170,10 +243,12 @@ std::vector<at::Tensor> filtered_lrelu(at::Tensor x, std::optional<at::Tensor> b
     check_codes(codes, x, g);
     TORCH_CHECK(!b.defined() || (b.is_contiguous() && b.numel() == x.size(1) && b.scalar_type() == x.scalar_type()), "sgxl: bad bias");
     auto y = at::empty({x.size(0), x.size(1), g.Ho, g.Wo}, x.options());
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sgxl_filtered_lrelu", [&] {
-        fused_loop<scalar_t>(g, x.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr, x.size(1),
-                             y.data_ptr<scalar_t>(), reinterpret_cast<uint32_t*>(codes.data_ptr<int32_t>()),
-                             x.size(0) * x.size(1), (int)tile);
+    const bool fast = tile == 0 && g.a.separable && g.b.separable;
+    SGXL_DISPATCH(x.scalar_type(), "sgxl_filtered_lrelu", [&] {
+        const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+        uint32_t* cp = reinterpret_cast<uint32_t*>(codes.data_ptr<int32_t>());
+        if (fast) fused_fast<scalar_t>(g, x.data_ptr<scalar_t>(), bp, x.size(1), y.data_ptr<scalar_t>(), cp, x.size(0) * x.size(1));
+        else fused_loop<scalar_t>(g, x.data_ptr<scalar_t>(), bp, x.size(1), y.data_ptr<scalar_t>(), cp, x.size(0) * x.size(1), (int)tile);
     });
     return {y, codes};
 }
@@ -184,6 +259,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("bias_act", &sgxl::bias_act, "bias_act (mode 0 value, 1 grad, 2 second-order term)");
     m.def("upfirdn2d", &sgxl::upfirdn2d, "upfirdn2d with correlation taps");
     m.def("filtered_lrelu", &sgxl::filtered_lrelu, "filtered_lrelu tile arithmetic (mode 0 lrelu, 1 masked)");
+    m.def("cpu_isa", &sgxl::cpu_isa, "the instruction set of the fast path: 'avx2' or 'base' (SGXL_CPU_ISA=base forces it)");
     m.attr("device") = "cpu";
 #ifdef SGXL_SOURCE_HASH
     m.attr("source_hash") = SGXL_STR(SGXL_SOURCE_HASH);   // which sources it was built from (sgxl.ops_build.built_id)
