@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .core import atomic_write, check
+from .core import atomic_write, check, get_device
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'flatten_state', 'unflatten_state', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
            'list_checkpoints', 'latest_checkpoint', 'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog',
-           'init_distributed', 'all_reduce_grads']
+           'init_distributed', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key', 'Trainer']
 
 # %% ../nbs/10_training.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -166,7 +167,7 @@ def set_rng_state(state: dict):
 class StatsLog:
     "Append-only stats.jsonl plus TensorBoard scalars in `run_dir` (rank 0 only: other ranks pass enabled=False)."
     def __init__(self, run_dir, enabled: bool = True, tensorboard: bool = True, resume_step: int | None = None):
-        self.path, self.enabled = Path(run_dir) / 'stats.jsonl', enabled
+        self.path, self.enabled = (Path(run_dir) / 'stats.jsonl' if run_dir is not None else None), enabled
         self.tb = None
         if not enabled: return
         if resume_step is not None and self.path.exists(): self._truncate_after(resume_step)
@@ -193,24 +194,200 @@ class StatsLog:
         if self.tb is not None: self.tb.close()
 
 # %% ../nbs/10_training.ipynb #d1f256df
-import os as _os
-import torch.distributed as dist
-
 def init_distributed(device: str | None = None) -> tuple[int, int, torch.device]:
     "Join the torchrun process group if there is one; returns (rank, world_size, device)."
-    world = int(_os.environ.get('WORLD_SIZE', '1'))
-    if world == 1: return 0, 1, torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    rank, local = int(_os.environ['RANK']), int(_os.environ.get('LOCAL_RANK', '0'))
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith('cuda'))
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world == 1: return 0, 1, get_device(device)
+    rank, local = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    use_cuda = torch.cuda.is_available() and (device is None or str(device) in ('auto', 'cuda'))
     if use_cuda: torch.cuda.set_device(local)
     if not dist.is_initialized(): dist.init_process_group('nccl' if use_cuda else 'gloo')
     return rank, world, torch.device(f'cuda:{local}' if use_cuda else 'cpu')
 
-def all_reduce_grads(params, world: int):
-    "Average the gradients of `params` over all ranks with one flat all-reduce (no-op for one process)."
-    if world == 1: return
-    params = [p for p in params if p.grad is not None]
-    if not params: return
-    flat = torch.cat([p.grad.flatten() for p in params]) / world
-    dist.all_reduce(flat)
-    for p, g in zip(params, flat.split([p.numel() for p in params])): p.grad.copy_(g.view_as(p))
+# %% ../nbs/10_training.ipynb #5b9ff812
+from .baseline import RungA
+from .embeddings import RungC
+from .projected import RungB
+
+def rung_class(cfg: Config) -> type:
+    "The training-step class of the config's rung."
+    classes = {'A': RungA, 'B': RungB, 'C': RungC}
+    check(cfg.cfg in classes, f"rung {cfg.cfg} has no training step yet; rungs that train: {', '.join(classes)}")
+    return classes[cfg.cfg]
+
+# %% ../nbs/10_training.ipynb #a0bc5914
+def data_slug(data: str) -> str:
+    "A short file-name-safe name for a dataset argument: 'shapes', 'imagenet128', ..."
+    name = data.split(':', 1)[0] if re.fullmatch(r'[A-Za-z]\w*(:.*)?', data) else Path(data).stem
+    return re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[:40] or 'data'
+
+def new_run_dir(outdir, cfg: Config) -> Path:
+    "Create outdir/NNNNN-CFG-PRESET-DATA-RES with the next free number."
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r'^(\d{5})-', p.name))]
+    run_dir = outdir / f'{max(ids, default=-1) + 1:05d}-{cfg.cfg}-{cfg.preset}-{data_slug(cfg.data)}-{cfg.resolution}'
+    run_dir.mkdir()
+    return run_dir
+
+def grid_latents(seed: int, z_dim: int, c_dim: int, rows: int = 4, cols: int = 8) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "Fixed latents (rows*cols, z_dim) and classes (one per column, cycling) for the snapshot grids."
+    g = torch.Generator().manual_seed(seed + 123456789)
+    z = torch.randn(rows * cols, z_dim, generator=g)
+    c = (torch.arange(rows * cols) % cols) % c_dim if c_dim else None
+    return z, c
+
+# %% ../nbs/10_training.ipynb #88a1c322
+import signal
+import time
+
+from tqdm.auto import tqdm
+
+from .core import Config, save_image_grid, seed_everything
+from .data import infinite_loader, load
+
+def metric_key(results: dict) -> float | None:
+    "The number that ranks checkpoints: the first FID-like result (lower is better), if any."
+    for k, v in results.items():
+        if 'fid' in k: return float(v)
+    return None
+
+class Trainer:
+    "One training run: data, the rung, the loop, snapshots, checkpoints. Every rank trains; rank 0 writes."
+    def __init__(self, cfg: Config, outdir='runs', resume=None, device=None, progress: bool = True,
+                 keep: int = 3, log_kimg: float | None = None):
+        self.rank, self.world, self.device = init_distributed(device)
+        check(cfg.batch % self.world == 0, f"batch={cfg.batch} must be divisible by the {self.world} processes")
+        self.progress, self.keep = progress, keep
+        resume_path = self.find_resume(resume)
+        if resume_path is not None:                                           # the stored config wins
+            cfg = Config.from_dict(json.loads(resume_path.read_text())['meta']['config'])
+        self.cfg = cfg
+        self.log_kimg = log_kimg or min(1.0, cfg.snap_kimg / 4)
+        seed_everything(cfg.seed)                                              # the same on every rank
+        self.dataset = load(cfg.data, resolution=cfg.resolution)
+        self.cfg = cfg = cfg.replace(c_dim=self.dataset.num_classes)
+        self.rung = rung_class(cfg)(cfg, self.device, dataset=self.dataset, rank=self.rank, world=self.world)
+        self.loader = infinite_loader(self.dataset, cfg.batch // self.world, cfg.seed, self.rank, self.world,
+                                      cfg.workers)
+        self.step_index, self.results = 0, {}
+        self.run_dir = resume_path.parent if resume_path is not None else (new_run_dir(outdir, cfg) if self.is_main else None)
+        if resume_path is not None: self.load(resume_path)
+        self.grid_z, self.grid_c = grid_latents(cfg.seed, self.rung.G.z_dim, cfg.c_dim)
+
+    @property
+    def is_main(self) -> bool: return self.rank == 0
+
+    def find_resume(self, resume) -> Path | None:
+        "A checkpoint to resume from: a .json file, or a run folder (its latest checkpoint)."
+        if resume is None: return None
+        p = Path(resume)
+        if p.is_dir():
+            latest = latest_checkpoint(p)
+            check(latest is not None, f"--resume {p}: this folder has no checkpoint (ckpt-*.json) to resume from", FileNotFoundError)
+            return latest
+        check(p.exists(), f"--resume {p}: no such file or folder", FileNotFoundError)
+        return p if p.suffix == '.json' else p.with_name(p.name.removesuffix('.safetensors') + '.json')
+
+# %% ../nbs/10_training.ipynb #7d3091c6
+def _trainer_state(self) -> dict:
+    return {'rung': self.rung.state_dict(), 'loader': self.loader.state_dict(), 'rng': rng_state()}
+
+def _trainer_meta(self) -> dict:
+    from sgxl import __version__
+    D_sources = getattr(self.rung.D, 'weights_sources', {})
+    return {'config': self.cfg.to_dict(), 'step': self.step_index, 'kimg': self.rung.kimg,
+            'stage': getattr(self.rung, 'stage', 0), 'resolution': self.rung.resolution,
+            'dataset': getattr(self.dataset, 'name', str(self.cfg.data)), 'metrics': self.results,
+            'fid': metric_key(self.results), 'feature_weights': D_sources, 'sgxl_version': __version__,
+            'world_size': self.world, 'saved_at': time.strftime('%Y-%m-%d %H:%M:%S')}
+
+def _trainer_save(self) -> Path | None:
+    "Write a checkpoint (rank 0); the other ranks hold identical state and write nothing."
+    if not self.is_main: return None
+    return CheckpointManager(self.run_dir, keep=self.keep).save(self.step_index, self.state(), self.meta())
+
+def _trainer_load(self, path: Path):
+    state, meta = load_checkpoint(path, map_location=self.device)
+    self.rung.load_state_dict(state['rung'])
+    self.loader.load_state_dict(state['loader'])
+    set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state['rng'].items()})
+    self.step_index, self.results = int(meta['step']), dict(meta.get('metrics') or {})
+
+Trainer.state, Trainer.meta, Trainer.save, Trainer.load = _trainer_state, _trainer_meta, _trainer_save, _trainer_load
+
+# %% ../nbs/10_training.ipynb #675d04dc
+def _trainer_snapshot(self) -> Path | None:
+    "Sample grid, metrics, checkpoint; returns the checkpoint path on rank 0."
+    if self.is_main:
+        images = torch.cat([self.rung.sample(z, c) for z, c in zip(self.grid_z.split(8),
+                            self.grid_c.split(8) if self.grid_c is not None else [None] * 4)])
+        save_image_grid(images, self.run_dir / f'samples-{self.step_index:09d}.png', nrow=8)
+        if self.cfg.metrics:
+            from sgxl.metrics import compute_metrics
+            self.results = compute_metrics(self.cfg.metrics, self.rung.G_ema, self.dataset, device=self.device,
+                                           seed=self.cfg.seed)
+            self.stats.log(self.step_index, self.rung.kimg, {f'metrics/{k}': v for k, v in self.results.items()})
+    if self.world > 1: dist.barrier()
+    return self.save()
+
+Trainer.snapshot = _trainer_snapshot
+
+# %% ../nbs/10_training.ipynb #42a9a26b
+class _StopSignal:
+    "Ctrl-C (SIGINT) or SIGTERM once: finish the step, checkpoint, stop. Twice: stop at once."
+    def __init__(self): self.requested = False
+    def __enter__(self):
+        self.old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in self.old: signal.signal(s, self.handle)
+        except ValueError: self.old = {}                                      # not the main thread: no handlers
+        return self
+    def handle(self, signum, frame):
+        if self.requested: raise KeyboardInterrupt
+        self.requested = True
+        print('\nsgxl: stopping after this step (a checkpoint will be saved); press Ctrl-C again to stop at once')
+    def __exit__(self, *exc):
+        for s, h in self.old.items(): signal.signal(s, h)
+
+def _trainer_run(self, max_steps: int | None = None) -> Path | None:
+    "Train until cfg.kimg thousand images (or `max_steps` more steps); returns the run folder (rank 0)."
+    cfg, rung = self.cfg, self.rung
+    total = int(cfg.kimg * 1000)
+    snap, log_every = int(cfg.snap_kimg * 1000), int(self.log_kimg * 1000)
+    self.stats = StatsLog(self.run_dir, enabled=self.is_main, resume_step=self.step_index)
+    if self.is_main: cfg.to_json(self.run_dir / 'config.json')
+    bar = tqdm(total=total, initial=min(rung.nimg, total), unit='img', disable=not (self.progress and self.is_main),
+               dynamic_ncols=True, desc=f'{cfg.cfg}/{cfg.preset} {rung.resolution}px')
+    window, t0, steps_done, snapped_at = {}, time.perf_counter(), 0, self.step_index
+    with _StopSignal() as stop:
+        while rung.nimg < total and not stop.requested and (max_steps is None or steps_done < max_steps):
+            before = rung.nimg
+            real, labels = next(self.loader)
+            stats = rung.step(real, labels if cfg.c_dim else None, self.step_index, cfg.batch_gpu)
+            self.step_index += 1; steps_done += 1
+            for k, v in stats.items(): window.setdefault(k, []).append(v)
+            bar.update(min(rung.nimg, total) - min(before, total))
+            crossed = lambda every: every > 0 and rung.nimg // every > before // every
+            at_snapshot = crossed(snap) or rung.nimg >= total
+            if crossed(log_every) or at_snapshot:
+                window, t0 = self.log_window(window, t0, bar), time.perf_counter()
+            if at_snapshot: self.snapshot(); snapped_at = self.step_index
+    if snapped_at != self.step_index:                                           # stopped early: nothing lost
+        self.log_window(window, t0, bar); self.snapshot()
+    bar.close(); self.stats.close()
+    return self.run_dir
+
+def _trainer_log_window(self, window: dict, t0: float, bar) -> dict:
+    "Average the window's stats, log them, show them on the bar; returns a fresh window."
+    if not window: return {}
+    means = {k: sum(v) / len(v) for k, v in window.items()}
+    n = len(next(iter(window.values())))
+    sec_per_kimg = (time.perf_counter() - t0) / max(n * self.cfg.batch / 1000, 1e-9)
+    means.update({'timing/sec_per_kimg': sec_per_kimg, 'progress/kimg': self.rung.kimg})
+    self.stats.log(self.step_index, self.rung.kimg, means)
+    bar.set_postfix({'kimg': f'{self.rung.kimg:.2f}', 's/kimg': f'{sec_per_kimg:.0f}',
+                     **{k.split('/')[-1]: f'{v:.3f}' for k, v in means.items() if k.startswith('loss/')}})
+    return {}
+
+Trainer.run, Trainer.log_window = _trainer_run, _trainer_log_window
