@@ -220,6 +220,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                 'sgxl/growing.py'),
                               'sgxl.growing.ProgressiveGenerator.freeze_stem': ( 'config_d.html#progressivegenerator.freeze_stem',
                                                                                  'sgxl/growing.py'),
+                              'sgxl.growing.ProgressiveGenerator.from_config': ( 'config_d.html#progressivegenerator.from_config',
+                                                                                 'sgxl/growing.py'),
                               'sgxl.growing.ProgressiveGenerator.frozen_modules': ( 'config_d.html#progressivegenerator.frozen_modules',
                                                                                     'sgxl/growing.py'),
                               'sgxl.growing.ProgressiveGenerator.num_frozen_layers': ( 'config_d.html#progressivegenerator.num_frozen_layers',

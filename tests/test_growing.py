@@ -205,6 +205,7 @@ def test_stage_k_directly_equals_growing_k_times_tiny():
         if k: grow(grown, res)
         direct = progressive_generator(TINY3, c_dim=4, stage=k)
         assert shapes(direct) == shapes(grown) and direct.synthesis.schedule == grown.synthesis.schedule
+        assert shapes(ProgressiveGenerator.from_config(TINY3, 4, stage=k)) == shapes(grown)
         assert [n for n, _ in direct.named_parameters()] == [n for n, _ in grown.named_parameters()]
         assert ({n for n, p in direct.named_parameters() if p.requires_grad}
                 == {n for n, p in grown.named_parameters() if p.requires_grad})
