@@ -14,15 +14,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import Config, check, is_pow2
+from .core import LITE0, Config, check, is_pow2
+from .embeddings import RungC, apply_class_embeddings, class_embeddings
 from .features import FeatureNetwork
-from .projected import ClassEmbedding, ProjectedDiscriminator, feature_networks
+from .projected import ClassEmbedding, ProjectedDiscriminator, blur_sigma_at, feature_networks
 from .stylegan3 import Generator, LayerSpec, SynthesisLayer, ToRGB, filter_schedule, layer_io, set_ops_impl
 
 # %% auto #0
 __all__ = ['cut_critical', 'continue_schedule', 'stage_resolutions', 'head_layers_at', 'stage_schedule', 'growth_table',
            'plot_growth', 'ProgressiveGenerator', 'progressive_generator', 'grow', 'restart_discriminator',
-           'fid_stalled', 'StagePolicy', 'next_stage']
+           'fid_stalled', 'StagePolicy', 'next_stage', 'RungD']
 
 # %% ../nbs/07_config_d.ipynb #33a09b08
 def cut_critical(schedule: Sequence[LayerSpec]) -> list[LayerSpec]:
@@ -344,3 +345,62 @@ def next_stage(G_ema: ProgressiveGenerator, new_resolution: int | None = None,
     G = grow(copy.deepcopy(G_ema).train(), new_resolution or G_ema.img_resolution * G_ema.up, **grow_kwargs)
     G.requires_grad_(True)                                         # the EMA copy had gradients off
     return G, copy.deepcopy(G).eval().requires_grad_(False)
+
+# %% ../nbs/07_config_d.ipynb #ad019807
+class RungD(RungC):
+    "Rung C grown progressively: stem at stem_resolution, one head per stage, stem and mapping frozen, D restarted."
+    progressive = True
+
+    @staticmethod
+    def data_resolution(cfg: Config) -> int: return cfg.stem_resolution      # the data the first stage trains on
+
+    def make_networks(self) -> tuple[nn.Module, nn.Module]:
+        check(self.dataset is not None, "rung D computes its class embeddings from the dataset: pass dataset=")
+        cfg = self.cfg.replace(c_dim=self.c_dim)
+        self.policy = StagePolicy.from_config(cfg)
+        nets = feature_networks(cfg)
+        lite0 = next(n for n in nets if n.name == LITE0)
+        self.class_table = class_embeddings(self.dataset, lite0, device=self.device, progress=False).to(self.device)
+        return self.stage_networks(0, nets)
+
+    def stage_networks(self, stage: int, nets=None) -> tuple[nn.Module, nn.Module]:
+        "G (built for `stage`, with the class embedding) and a fresh D for it."
+        cfg = self.cfg.replace(c_dim=self.c_dim)
+        G = progressive_generator(cfg, self.c_dim, stage, self.img_channels)
+        if self.c_dim: apply_class_embeddings(G.freeze_stem(False), None, self.class_table.cpu())
+        G.freeze_stem(stage > 0)
+        D = restart_discriminator(cfg, self.c_dim, self.class_table.cpu() if self.c_dim else None, nets)
+        return G, D
+
+    @property
+    def stage(self) -> int: return self.G.stage
+    def blur_sigma(self) -> float:
+        return blur_sigma_at(self.kimg - self.policy.stage_start_kimg, self.cfg.blur_sigma, self.cfg.blur_fade_kimg)
+
+    def should_grow(self) -> bool: return self.policy.should_grow(self.kimg)
+    def record_fid(self, fid: float): self.policy.record_fid(fid)
+
+    def grow(self) -> int:
+        "Move to the next stage; returns its resolution (the data must be reloaded at it)."
+        self.policy.advance(self.kimg)
+        G, G_ema = next_stage(self.G_ema)
+        D = restart_discriminator(self.cfg.replace(c_dim=self.c_dim), self.c_dim,
+                                  self.class_table.cpu() if self.c_dim else None, self.D.feature_nets)
+        self.G, self.G_ema, self.D = G.to(self.device).train(), G_ema.to(self.device), D.to(self.device).train()
+        self.make_optimizers()
+        return self.resolution
+
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), 'stage': self.stage, 'policy': self.policy.state_dict(),
+                'class_table': self.class_table}
+
+    def load_extra_state(self, state: dict):
+        "Rebuild the networks of the checkpoint's stage (weights follow), then the policy and the table."
+        super().load_extra_state(state)
+        if 'class_table' in state: self.class_table = state['class_table'].to(self.device)
+        if state.get('stage', 0) != self.stage:
+            G, D = self.stage_networks(state['stage'], self.D.feature_nets)
+            self.G, self.D = G.to(self.device).train(), D.to(self.device).train()
+            self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+            self.make_optimizers()
+        if 'policy' in state: self.policy.load_state_dict(state['policy'])

@@ -21,9 +21,10 @@ from safetensors.torch import load_file, save_file
 from .core import atomic_write, check, get_device
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'flatten_state', 'unflatten_state', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
-           'list_checkpoints', 'latest_checkpoint', 'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog',
-           'init_distributed', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key', 'Trainer']
+__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'flatten_state', 'unflatten_state', 'CheckpointError', 'save_checkpoint',
+           'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'CheckpointManager', 'rng_state',
+           'set_rng_state', 'StatsLog', 'init_distributed', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents',
+           'metric_key', 'Trainer']
 
 # %% ../nbs/10_training.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -207,13 +208,16 @@ def init_distributed(device: str | None = None) -> tuple[int, int, torch.device]
 # %% ../nbs/10_training.ipynb #5b9ff812
 from .baseline import RungA
 from .embeddings import RungC
+from .growing import RungD
+from .guidance import RungF
 from .projected import RungB
+
+RUNG_CLASSES = {'A': RungA, 'B': RungB, 'C': RungC, 'D': RungD, 'E': RungD, 'F': RungF}   # E = D + a config change
 
 def rung_class(cfg: Config) -> type:
     "The training-step class of the config's rung."
-    classes = {'A': RungA, 'B': RungB, 'C': RungC}
-    check(cfg.cfg in classes, f"rung {cfg.cfg} has no training step yet; rungs that train: {', '.join(classes)}")
-    return classes[cfg.cfg]
+    check(cfg.cfg in RUNG_CLASSES, f"cfg={cfg.cfg!r}: choose one of {', '.join(RUNG_CLASSES)}")
+    return RUNG_CLASSES[cfg.cfg]
 
 # %% ../nbs/10_training.ipynb #a0bc5914
 def data_slug(data: str) -> str:
@@ -265,11 +269,10 @@ class Trainer:
         self.cfg = cfg
         self.log_kimg = log_kimg or min(1.0, cfg.snap_kimg / 4)
         seed_everything(cfg.seed)                                              # the same on every rank
-        self.dataset = load(cfg.data, resolution=cfg.resolution)
+        cls = rung_class(cfg)
+        self.set_data(cls.data_resolution(cfg) if getattr(cls, 'progressive', False) else cfg.resolution)
         self.cfg = cfg = cfg.replace(c_dim=self.dataset.num_classes)
-        self.rung = rung_class(cfg)(cfg, self.device, dataset=self.dataset, rank=self.rank, world=self.world)
-        self.loader = infinite_loader(self.dataset, cfg.batch // self.world, cfg.seed, self.rank, self.world,
-                                      cfg.workers)
+        self.rung = cls(cfg, self.device, dataset=self.dataset, rank=self.rank, world=self.world)
         self.step_index, self.results = 0, {}
         self.run_dir = resume_path.parent if resume_path is not None else (new_run_dir(outdir, cfg) if self.is_main else None)
         if resume_path is not None: self.load(resume_path)
@@ -277,6 +280,13 @@ class Trainer:
 
     @property
     def is_main(self) -> bool: return self.rank == 0
+
+    def set_data(self, resolution: int):
+        "The dataset at `resolution` (each progressive stage has its own) and a fresh loader over it."
+        self.dataset = load(self.cfg.data, resolution=resolution)
+        self.loader = infinite_loader(self.dataset, self.cfg.batch // self.world, self.cfg.seed, self.rank,
+                                      self.world, self.cfg.workers)
+        if hasattr(self, 'rung'): self.rung.dataset = self.dataset
 
     def find_resume(self, resume) -> Path | None:
         "A checkpoint to resume from: a .json file, or a run folder (its latest checkpoint)."
@@ -309,7 +319,8 @@ def _trainer_save(self) -> Path | None:
 
 def _trainer_load(self, path: Path):
     state, meta = load_checkpoint(path, map_location=self.device)
-    self.rung.load_state_dict(state['rung'])
+    self.rung.load_state_dict(state['rung'])                                   # (rebuilds a later stage's networks)
+    if self.rung.resolution != self.dataset.resolution: self.set_data(self.rung.resolution)
     self.loader.load_state_dict(state['loader'])
     set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state['rng'].items()})
     self.step_index, self.results = int(meta['step']), dict(meta.get('metrics') or {})
@@ -328,7 +339,11 @@ def _trainer_snapshot(self) -> Path | None:
             self.results = compute_metrics(self.cfg.metrics, self.rung.G_ema, self.dataset, device=self.device,
                                            seed=self.cfg.seed)
             self.stats.log(self.step_index, self.rung.kimg, {f'metrics/{k}': v for k, v in self.results.items()})
-    if self.world > 1: dist.barrier()
+    fid = metric_key(self.results) if self.is_main else None
+    if self.world > 1:                                                        # every rank decides the same growth
+        box = torch.tensor([float('nan') if fid is None else fid], device=self.device)
+        dist.broadcast(box, 0); fid = box.item()
+    if getattr(self.rung, 'progressive', False) and fid is not None and np.isfinite(fid): self.rung.record_fid(fid)
     return self.save()
 
 Trainer.snapshot = _trainer_snapshot
@@ -373,6 +388,9 @@ def _trainer_run(self, max_steps: int | None = None) -> Path | None:
             if crossed(log_every) or at_snapshot:
                 window, t0 = self.log_window(window, t0, bar), time.perf_counter()
             if at_snapshot: self.snapshot(); snapped_at = self.step_index
+            if getattr(rung, 'progressive', False) and rung.should_grow():
+                if snapped_at != self.step_index: self.snapshot()               # the stage's last grid
+                self.grow(bar); snapped_at = self.step_index
     if snapped_at != self.step_index:                                           # stopped early: nothing lost
         self.log_window(window, t0, bar); self.snapshot()
     bar.close(); self.stats.close()
@@ -390,4 +408,11 @@ def _trainer_log_window(self, window: dict, t0: float, bar) -> dict:
                      **{k.split('/')[-1]: f'{v:.3f}' for k, v in means.items() if k.startswith('loss/')}})
     return {}
 
-Trainer.run, Trainer.log_window = _trainer_run, _trainer_log_window
+def _trainer_grow(self, bar=None):
+    "Next progressive stage: grow the rung, reload the data at the new resolution, checkpoint the new stage."
+    resolution = self.rung.grow()
+    self.set_data(resolution)
+    if bar is not None: bar.set_description(f'{self.cfg.cfg}/{self.cfg.preset} {resolution}px')
+    self.save()
+
+Trainer.run, Trainer.log_window, Trainer.grow = _trainer_run, _trainer_log_window, _trainer_grow
