@@ -21,10 +21,11 @@ from safetensors.torch import load_file, save_file
 from .core import atomic_write, check, get_device
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'flatten_state', 'unflatten_state', 'CheckpointError', 'save_checkpoint',
-           'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'CheckpointManager', 'rng_state',
-           'set_rng_state', 'StatsLog', 'init_distributed', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents',
-           'metric_key', 'Trainer']
+__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'TRAIN_EXAMPLES', 'flatten_state', 'unflatten_state', 'CheckpointError',
+           'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'CheckpointManager',
+           'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed', 'rung_class', 'data_slug', 'new_run_dir',
+           'grid_latents', 'metric_key', 'Trainer', 'resolve_checkpoint', 'build_generator', 'load_generator',
+           'train_parser', 'parse_set', 'config_from_args', 'train_main']
 
 # %% ../nbs/10_training.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -416,3 +417,127 @@ def _trainer_grow(self, bar=None):
     self.save()
 
 Trainer.run, Trainer.log_window, Trainer.grow = _trainer_run, _trainer_log_window, _trainer_grow
+
+# %% ../nbs/10_training.ipynb #8af03c73
+from .growing import progressive_generator
+from .stylegan3 import Generator
+
+def resolve_checkpoint(path) -> Path:
+    "A checkpoint JSON path from a file or a run folder (best by FID, else latest); clear errors otherwise."
+    p = Path(path)
+    check(p.exists(), f"no checkpoint at {p}: give a checkpoint file (ckpt-*.json) or a run folder", FileNotFoundError)
+    if p.is_dir():
+        best = p / 'best.json'
+        found = best if best.exists() else latest_checkpoint(p)
+        check(found is not None, f"{p} holds no checkpoint (ckpt-*.json or best.json): is it a run folder?", FileNotFoundError)
+        return found
+    return p if p.suffix == '.json' else p.with_name(p.name.removesuffix('.safetensors') + '.json')
+
+def build_generator(cfg: Config, c_dim: int, stage: int = 0) -> torch.nn.Module:
+    "An untrained generator with the architecture of `cfg` (at progressive `stage`)."
+    if cfg.progressive: return progressive_generator(cfg, c_dim, stage)
+    return Generator.from_config(cfg, c_dim)
+
+def load_generator(path, device='cpu', which: str = 'G_ema') -> tuple[torch.nn.Module, dict]:
+    "(G, meta) from a checkpoint or run folder; `which` is 'G_ema' (the one to evaluate) or 'G'."
+    check(which in ('G_ema', 'G'), f"which={which!r}: use 'G_ema' or 'G'")
+    state, meta = load_checkpoint(resolve_checkpoint(path), map_location='cpu')
+    check('config' in meta and 'rung' in state, f"{path} is an sgxl checkpoint but not of a training run (no config)",
+          CheckpointError)
+    cfg = Config.from_dict(meta['config'])
+    G = build_generator(cfg, cfg.c_dim, int(meta.get('stage', 0)))
+    G.load_state_dict(state['rung'][which])
+    return G.to(get_device(device)).eval().requires_grad_(False), meta
+
+# %% ../nbs/10_training.ipynb #91456f7f
+import argparse
+import sys
+
+from .core import RUNGS, PRESETS, make_config
+
+TRAIN_EXAMPLES = """examples:
+  sgxl train                                    # the demo: rung F, tiny, built-in shapes, CPU-friendly
+  sgxl train --cfg A --preset tiny --kimg 2     # rung A (StyleGAN3-T) on shapes
+  sgxl dataset ~/imagenet/train in128.zip --resolution 128
+  sgxl train --cfg F --data in128.zip --resolution 128 --batch 256 --batch-gpu 32
+  torchrun --nproc_per_node=8 -m sgxl train --cfg F --data in128.zip --batch 2048 --batch-gpu 64
+  sgxl train --resume runs/00003-F-paper-in128-128  # continue a run where its last checkpoint left it
+  sgxl train --cfg B --preset tiny --set blur_sigma=1.0 --set diffaug=color --dry-run
+"""
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='sgxl train', formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Train a rung of the ladder A..F. With no arguments: the CPU demo (rung F, tiny preset, '
+                    'built-in shapes). Otherwise the paper values of the chosen rung and resolution, changed by '
+                    'the options below.', epilog=TRAIN_EXAMPLES)
+    p.add_argument('--cfg', choices=RUNGS, default='F', help='rung of the ladder (default: F, StyleGAN-XL)')
+    p.add_argument('--data', default='shapes', help="dataset folder or .zip (see `sgxl dataset`), or 'shapes' (built in)")
+    p.add_argument('--preset', choices=PRESETS, help="'paper' (default with arguments) or 'tiny' (laptop CPU; the demo)")
+    p.add_argument('--resolution', type=int, help="output resolution (default: the dataset's; 32 for tiny shapes)")
+    p.add_argument('--kimg', type=float, help='training length in thousands of real images')
+    p.add_argument('--batch', type=int, help='global batch over all processes')
+    p.add_argument('--batch-gpu', type=int, help='images per forward pass and process (gradient accumulation below batch)')
+    p.add_argument('--snap', type=float, help='kimg between snapshots (sample grid, metrics, checkpoint)')
+    p.add_argument('--metrics', help="comma-separated metrics at each snapshot, e.g. fid50k,kid50k, or 'none'")
+    p.add_argument('--seed', type=int, help='random seed (default 0)')
+    p.add_argument('--workers', type=int, help='DataLoader worker processes per GPU')
+    p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                   help='any config field (see sgxl.core.Config), e.g. --set r1_gamma=2 --set cls_weight=4')
+    p.add_argument('--outdir', default='runs', help='where new run folders go (default: runs)')
+    p.add_argument('--resume', help='a run folder or checkpoint to continue (its stored config is used)')
+    p.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda'")
+    p.add_argument('--keep', type=int, default=3, help='checkpoints to keep besides the best (default 3)')
+    p.add_argument('--dry-run', action='store_true', help='print the resolved config and exit')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    return p
+
+def parse_set(items: list[str]) -> dict:
+    "--set field=value pairs; values are read as JSON when they parse (numbers, lists, true), else as text."
+    out = {}
+    for item in items:
+        check('=' in item, f"--set {item!r}: write FIELD=VALUE, e.g. --set r1_gamma=2")
+        k, v = item.split('=', 1)
+        try: val = json.loads(v)
+        except json.JSONDecodeError: val = v
+        out[k.strip()] = tuple(val) if isinstance(val, list) else val
+    return out
+
+# %% ../nbs/10_training.ipynb #6e49a286
+def config_from_args(args, demo: bool) -> Config:
+    "The run's config: rung and preset, then the dataset's resolution, then the options given."
+    preset = args.preset or ('tiny' if demo else 'paper')
+    overrides = {k: v for k, v in dict(data=args.data, kimg=args.kimg, batch=args.batch, batch_gpu=args.batch_gpu,
+                 snap_kimg=args.snap, seed=args.seed, workers=args.workers).items() if v is not None}
+    if args.metrics is not None:
+        overrides['metrics'] = tuple(m.strip() for m in args.metrics.split(',') if m.strip() and m.strip() != 'none')
+    resolution = args.resolution
+    if resolution is None and not re.fullmatch(r'[A-Za-z]\w*(:.*)?', args.data):
+        resolution = load(args.data).resolution                              # the files' own resolution
+    if resolution is not None: overrides['resolution'] = resolution
+    return make_config(args.cfg, preset, **{**overrides, **parse_set(args.set)})
+
+def train_main(argv: list[str] | None = None) -> int:
+    "`sgxl train`: see --help."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = train_parser().parse_args(argv)
+    try:
+        cfg = None if args.resume else config_from_args(args, demo=not argv)
+        if args.dry_run:
+            print(cfg.to_json() if cfg else Path(resolve_checkpoint(args.resume)).read_text()[:2000]); return 0
+        trainer = Trainer(cfg, outdir=args.outdir, resume=args.resume, device=args.device,
+                          progress=not args.quiet, keep=args.keep)
+        if trainer.is_main:
+            print(f'sgxl train: rung {trainer.cfg.cfg}, {trainer.cfg.preset} preset, {trainer.dataset.name}, '
+                  f'{trainer.cfg.kimg:g} kimg -> {trainer.run_dir}')
+        run_dir = trainer.run()
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        print(f'sgxl train: error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('sgxl train: stopped; the last checkpoint is intact (resume with --resume RUN_FOLDER)', file=sys.stderr)
+        return 130
+    if trainer.is_main:
+        grids = sorted(run_dir.glob('samples-*.png'))
+        print(f'samples: {grids[-1] if grids else "none"}\nrun folder: {run_dir}')
+        if trainer.rung.nimg < trainer.cfg.kimg * 1000: print(f'resume with: sgxl train --resume {run_dir}')
+    return 0
