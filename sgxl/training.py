@@ -25,7 +25,7 @@ __all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'TRAIN_EXAMPLES', 'flatten_state', 'un
            'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'CheckpointManager',
            'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed', 'rung_class', 'data_slug', 'new_run_dir',
            'grid_latents', 'metric_key', 'Trainer', 'resolve_checkpoint', 'build_generator', 'load_generator',
-           'train_parser', 'parse_set', 'config_from_args', 'train_main']
+           'train_parser', 'parse_set', 'is_demo', 'config_from_args', 'train_main']
 
 # %% ../nbs/10_training.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -266,7 +266,7 @@ class Trainer:
         self.progress, self.keep = progress, keep
         resume_path = self.find_resume(resume)
         if resume_path is not None:                                           # the stored config wins
-            cfg = Config.from_dict(json.loads(resume_path.read_text())['meta']['config'])
+            cfg = Config.from_dict(self.checked(resume_path, lambda p: json.loads(p.read_text()))['meta']['config'])
         self.cfg = cfg
         self.log_kimg = log_kimg or min(1.0, cfg.snap_kimg / 4)
         seed_everything(cfg.seed)                                              # the same on every rank
@@ -318,8 +318,17 @@ def _trainer_save(self) -> Path | None:
     if not self.is_main: return None
     return CheckpointManager(self.run_dir, keep=self.keep).save(self.step_index, self.state(), self.meta())
 
+def _trainer_checked(self, path: Path, read):
+    "read(path), turning a damaged checkpoint into an error that names the previous, intact one."
+    try: return read(path)
+    except (CheckpointError, json.JSONDecodeError, KeyError) as e:
+        earlier = [p for p in list_checkpoints(path.parent) if p != path and p.name < path.name]
+        hint = (f' The previous checkpoint {earlier[-1]} is intact: resume from it with --resume {earlier[-1]}'
+                if earlier else '')
+        raise CheckpointError(f'cannot resume from {path}: {e}.{hint}') from e
+
 def _trainer_load(self, path: Path):
-    state, meta = load_checkpoint(path, map_location=self.device)
+    state, meta = self.checked(path, lambda p: load_checkpoint(p, map_location=self.device))
     self.rung.load_state_dict(state['rung'])                                   # (rebuilds a later stage's networks)
     if self.rung.resolution != self.dataset.resolution: self.set_data(self.rung.resolution)
     self.loader.load_state_dict(state['loader'])
@@ -327,6 +336,7 @@ def _trainer_load(self, path: Path):
     self.step_index, self.results = int(meta['step']), dict(meta.get('metrics') or {})
 
 Trainer.state, Trainer.meta, Trainer.save, Trainer.load = _trainer_state, _trainer_meta, _trainer_save, _trainer_load
+Trainer.checked = _trainer_checked
 
 # %% ../nbs/10_training.ipynb #675d04dc
 def _trainer_snapshot(self) -> Path | None:
@@ -467,11 +477,11 @@ TRAIN_EXAMPLES = """examples:
 
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='sgxl train', formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Train a rung of the ladder A..F. With no arguments: the CPU demo (rung F, tiny preset, '
-                    'built-in shapes). Otherwise the paper values of the chosen rung and resolution, changed by '
-                    'the options below.', epilog=TRAIN_EXAMPLES)
-    p.add_argument('--cfg', choices=RUNGS, default='F', help='rung of the ladder (default: F, StyleGAN-XL)')
-    p.add_argument('--data', default='shapes', help="dataset folder or .zip (see `sgxl dataset`), or 'shapes' (built in)")
+        description='Train a rung of the ladder A..F. Without --cfg, --data, --preset or --resolution: the CPU '
+                    'demo (rung F, tiny preset, built-in shapes). Otherwise the paper values of the chosen rung and '
+                    'resolution, changed by the options below.', epilog=TRAIN_EXAMPLES)
+    p.add_argument('--cfg', choices=RUNGS, help='rung of the ladder (default: F, StyleGAN-XL)')
+    p.add_argument('--data', help="dataset folder or .zip (see `sgxl dataset`), or 'shapes' (built in, the default)")
     p.add_argument('--preset', choices=PRESETS, help="'paper' (default with arguments) or 'tiny' (laptop CPU; the demo)")
     p.add_argument('--resolution', type=int, help="output resolution (default: the dataset's; 32 for tiny shapes)")
     p.add_argument('--kimg', type=float, help='training length in thousands of real images')
@@ -503,9 +513,14 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 # %% ../nbs/10_training.ipynb #6e49a286
-def config_from_args(args, demo: bool) -> Config:
+def is_demo(args) -> bool:
+    "No rung, data, preset or resolution given: the CPU demo (bookkeeping options such as --outdir still apply)."
+    return all(v is None for v in (args.cfg, args.data, args.preset, args.resolution))
+
+def config_from_args(args) -> Config:
     "The run's config: rung and preset, then the dataset's resolution, then the options given."
-    preset = args.preset or ('tiny' if demo else 'paper')
+    preset = args.preset or ('tiny' if is_demo(args) else 'paper')
+    args.cfg, args.data = args.cfg or 'F', args.data or 'shapes'
     overrides = {k: v for k, v in dict(data=args.data, kimg=args.kimg, batch=args.batch, batch_gpu=args.batch_gpu,
                  snap_kimg=args.snap, seed=args.seed, workers=args.workers).items() if v is not None}
     if args.metrics is not None:
@@ -521,7 +536,7 @@ def train_main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = train_parser().parse_args(argv)
     try:
-        cfg = None if args.resume else config_from_args(args, demo=not argv)
+        cfg = None if args.resume else config_from_args(args)
         if args.dry_run:
             print(cfg.to_json() if cfg else Path(resolve_checkpoint(args.resume)).read_text()[:2000]); return 0
         trainer = Trainer(cfg, outdir=args.outdir, resume=args.resume, device=args.device,
