@@ -82,7 +82,7 @@ def stage_resolutions(cfg: Config, up: int = 2) -> list[int]:
     res = [cfg.stem_resolution]
     while res[-1] < cfg.resolution: res.append(res[-1] * up)
     check(res[-1] == cfg.resolution, f"resolution={cfg.resolution} is not stem_resolution={cfg.stem_resolution} "
-          f"times a power of up={up}: choose up=2, or a resolution of {res[-2]} or {res[-1]}")
+          f"times a power of up={up}: choose up=2, or a resolution of {res[-1] // up} or {res[-1]}")
     return res
 
 def head_layers_at(cfg: Config, resolution: int) -> int:

@@ -262,11 +262,12 @@ class Trainer:
     def __init__(self, cfg: Config, outdir='runs', resume=None, device=None, progress: bool = True,
                  keep: int = 3, log_kimg: float | None = None):
         self.rank, self.world, self.device = init_distributed(device)
-        check(cfg.batch % self.world == 0, f"batch={cfg.batch} must be divisible by the {self.world} processes")
         self.progress, self.keep = progress, keep
         resume_path = self.find_resume(resume)
         if resume_path is not None:                                           # the stored config wins
             cfg = Config.from_dict(self.checked(resume_path, lambda p: json.loads(p.read_text()))['meta']['config'])
+        check(cfg is not None, 'give a config, or a run folder / checkpoint to resume')
+        check(cfg.batch % self.world == 0, f"batch={cfg.batch} must be divisible by the {self.world} processes")
         self.cfg = cfg
         self.log_kimg = log_kimg or min(1.0, cfg.snap_kimg / 4)
         seed_everything(cfg.seed)                                              # the same on every rank

@@ -72,7 +72,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     common = ['train', '--cfg', 'A', '--preset', 'tiny', '--data', 'shapes:num_images=40', '--batch', '8',
               '--batch-gpu', '4', '--kimg', '0.024', '--snap', '0.024', '--quiet', '--device', 'cpu']
     one = sgxl(*common, '--outdir', str(tmp_path / 'one'))
-    two = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=0',
+    two = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                             '-m', 'sgxl', *common, '--outdir', str(tmp_path / 'two')],
                            env={**os.environ, 'OMP_NUM_THREADS': '1'}, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
