@@ -83,7 +83,7 @@ def lite0_64():
 @pytest.fixture(autouse=True)
 def user_cache(tmp_path, monkeypatch):
     "Every test gets its own user cache folder (nothing is written to ~/.cache)."
-    monkeypatch.setenv('SGXL_CACHE', str(tmp_path / 'user-cache'))
+    monkeypatch.setenv('SGXL_CACHE_DIR', str(tmp_path / 'user-cache'))
     return tmp_path / 'user-cache'
 
 
@@ -128,7 +128,8 @@ def test_table_matches_lite0_one_image_at_a_time(lite0_64):
     y = ds.labels.tolist()
     expected = torch.stack([torch.stack([v for v, c in zip(per_image, y) if c == k]).mean(0) for k in range(10)])
     assert table.shape == (10, 320)
-    assert torch.allclose(table, expected, atol=1e-5), (table - expected).abs().max()
+    # batched and one-at-a-time convolutions round differently (~1e-5 at magnitudes ~3); a wrong mean is off by >0.1
+    assert torch.allclose(table, expected, rtol=1e-4, atol=1e-4), (table - expected).abs().max()
     assert lite0_64.channels[3] == 320 and lite0_64.strides[3] == 32      # the lowest-resolution block
 
 
@@ -209,7 +210,7 @@ def test_file_dataset_cache_lives_beside_it_and_follows_its_files(tmp_path, monk
     net_b.forward = lambda x, _f=net_b.forward: _f(F.interpolate(x, size=(6, 8)))
     with caplog.at_level(logging.WARNING, logger='sgxl.embeddings'):
         _, meta3 = class_embeddings(changed, net_b, progress=False, return_meta=True)
-    assert Path(meta3['path']).parent == Path(os.environ['SGXL_CACHE']) / 'embeddings'
+    assert Path(meta3['path']).parent == Path(os.environ['SGXL_CACHE_DIR']) / 'embeddings'
     assert 'cannot write the class-embedding cache' in caplog.text
     class_embeddings(changed, net_b, progress=False)                        # found in the fallback folder
     assert net_b.calls == 1
