@@ -387,6 +387,59 @@ template <typename T, typename A> struct FusedBlock {
     }
 };
 
+// ---- bias_act ------------------------------------------------------------------------------------------------------
+// Elements [i0, i1) of x (any shape, flattened) with b [C] along a dim with `inner` elements after it, through the
+// shared functions of sgxl_ops.h: mode 0 value, 1 gradient, 2 second-order term. ACT is a compile-time constant in
+// a local copy of the parameters, so the activation's switch folds away and the compiler vectorises the loops over
+// a run of elements with one bias value (inner > 1), or over one row of channels (inner == 1).
+template <int ACT, typename T>
+void bias_act_range(int mode, const sgxl::BiasActParams& params, const T* x, const T* b, const T* g, const T* gg,
+                    T* out, int64_t i0, int64_t i1, int64_t C, int64_t inner) {
+    typedef typename AccOf<T>::type A;
+    const sgxl::BiasActParams p{ACT, params.alpha, params.gain, params.clamp};
+    // elements [i, end) with bias bias_at(j) (a constant, or one per element)
+    auto run = [&](int64_t i, int64_t end, auto bias_at) {
+        auto v = [&](int64_t j) { return Convert<A, T>::load(x[j]) + bias_at(j); };
+        if (mode == 0)
+            for (int64_t j = i; j < end; ++j) out[j] = Convert<A, T>::store(sgxl::bias_act_value<A>(p, v(j)));
+        else if (mode == 1)
+            for (int64_t j = i; j < end; ++j) out[j] = Convert<A, T>::store(sgxl::bias_act_grad<A>(p, Convert<A, T>::load(g[j]), v(j)));
+        else
+            for (int64_t j = i; j < end; ++j)
+                out[j] = Convert<A, T>::store(sgxl::bias_act_grad2<A>(p, Convert<A, T>::load(gg[j]), Convert<A, T>::load(g[j]), v(j)));
+    };
+    for (int64_t i = i0; i < i1;) {
+        if (inner == 1 && b) {                                           // a row of channels: bias b[c], c = j mod C
+            const int64_t c = i % C, end = std::min(i1, i - c + C);
+            const T* bc = b + c - i;
+            run(i, end, [&](int64_t j) { return Convert<A, T>::load(bc[j]); });
+            i = end;
+        } else {                                                         // a run with one bias value
+            const int64_t end = b ? std::min(i1, (i / inner + 1) * inner) : i1;
+            const A bias = b ? Convert<A, T>::load(b[(i / inner) % C]) : A(0);
+            run(i, end, [&](int64_t) { return bias; });
+            i = end;
+        }
+    }
+}
+
+template <typename T>
+void bias_act_elements(int mode, const sgxl::BiasActParams& p, const T* x, const T* b, const T* g, const T* gg, T* out,
+                       int64_t i0, int64_t i1, int64_t C, int64_t inner) {
+    using namespace sgxl;
+    switch (p.act) {
+        case ACT_RELU: return bias_act_range<ACT_RELU, T>(mode, p, x, b, g, gg, out, i0, i1, C, inner);
+        case ACT_LRELU: return bias_act_range<ACT_LRELU, T>(mode, p, x, b, g, gg, out, i0, i1, C, inner);
+        case ACT_TANH: return bias_act_range<ACT_TANH, T>(mode, p, x, b, g, gg, out, i0, i1, C, inner);
+        case ACT_SIGMOID: return bias_act_range<ACT_SIGMOID, T>(mode, p, x, b, g, gg, out, i0, i1, C, inner);
+        case ACT_ELU: return bias_act_range<ACT_ELU, T>(mode, p, x, b, g, gg, out, i0, i1, C, inner);
+        case ACT_SELU: return bias_act_range<ACT_SELU, T>(mode, p, x, b, g, gg, out, i0, i1, C, inner);
+        case ACT_SOFTPLUS: return bias_act_range<ACT_SOFTPLUS, T>(mode, p, x, b, g, gg, out, i0, i1, C, inner);
+        case ACT_SWISH: return bias_act_range<ACT_SWISH, T>(mode, p, x, b, g, gg, out, i0, i1, C, inner);
+        default: return bias_act_range<ACT_LINEAR, T>(mode, p, x, b, g, gg, out, i0, i1, C, inner);
+    }
+}
+
 // ---- the loops over blocks of 8 planes (the caller splits [b0, b1) over threads) ------------------------------------
 template <typename T> PlaneBlock<T> plane_block(const T* x, int64_t in_size, T* y, int64_t out_size, uint32_t* codes,
                                                 int64_t words, int64_t P, int64_t block) {

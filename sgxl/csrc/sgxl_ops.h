@@ -15,6 +15,8 @@
 
 #if defined(__CUDACC__)
 #define SGXL_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define SGXL_HD inline __attribute__((always_inline))   // inlined into the CPU loops, whatever instruction set they target
 #else
 #define SGXL_HD inline
 #endif

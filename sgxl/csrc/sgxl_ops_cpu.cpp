@@ -59,41 +59,17 @@ static bool use_avx2() { return std::strcmp(cpu_isa(), "avx2") == 0; }
 #define SGXL_DISPATCH(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 // ---- bias_act: mode 0 value, 1 gradient, 2 second-order term -----------------------------------------------
-// ACT is a template argument so that, once the header's functions are inlined, their switch folds away and
-// the loop over a run of elements with one bias value vectorises.
-template <int ACT, typename T>
-void bias_act_loop(int mode, BiasActParams p, const T* x, const T* b, const T* g, const T* gg, T* out, int64_t n,
-                   int64_t C, int64_t inner) {
-    using A = typename AccOf<T>::type;
-    p.act = ACT;
-    at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1;) {
-            const int64_t end = std::min(i1, (i / inner + 1) * inner);           // a run with one bias value
-            const A bias = b ? A(b[(i / inner) % C]) : A(0);
-            if (mode == 0)
-                for (; i < end; ++i) out[i] = T(bias_act_value<A>(p, A(x[i]) + bias));
-            else if (mode == 1)
-                for (; i < end; ++i) out[i] = T(bias_act_grad<A>(p, A(g[i]), A(x[i]) + bias));
-            else
-                for (; i < end; ++i) out[i] = T(bias_act_grad2<A>(p, A(gg[i]), A(g[i]), A(x[i]) + bias));
-        }
-    });
-}
-
 template <typename T>
 void bias_act_dispatch(int mode, const BiasActParams& p, const T* x, const T* b, const T* g, const T* gg, T* out,
                        int64_t n, int64_t C, int64_t inner) {
-    switch (p.act) {
-        case ACT_RELU: return bias_act_loop<ACT_RELU, T>(mode, p, x, b, g, gg, out, n, C, inner);
-        case ACT_LRELU: return bias_act_loop<ACT_LRELU, T>(mode, p, x, b, g, gg, out, n, C, inner);
-        case ACT_TANH: return bias_act_loop<ACT_TANH, T>(mode, p, x, b, g, gg, out, n, C, inner);
-        case ACT_SIGMOID: return bias_act_loop<ACT_SIGMOID, T>(mode, p, x, b, g, gg, out, n, C, inner);
-        case ACT_ELU: return bias_act_loop<ACT_ELU, T>(mode, p, x, b, g, gg, out, n, C, inner);
-        case ACT_SELU: return bias_act_loop<ACT_SELU, T>(mode, p, x, b, g, gg, out, n, C, inner);
-        case ACT_SOFTPLUS: return bias_act_loop<ACT_SOFTPLUS, T>(mode, p, x, b, g, gg, out, n, C, inner);
-        case ACT_SWISH: return bias_act_loop<ACT_SWISH, T>(mode, p, x, b, g, gg, out, n, C, inner);
-        default: return bias_act_loop<ACT_LINEAR, T>(mode, p, x, b, g, gg, out, n, C, inner);
-    }
+    const bool avx2 = use_avx2();
+    at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
+#ifdef SGXL_HAVE_AVX2
+        if (avx2) return isa_avx2::bias_act_elements<T>(mode, p, x, b, g, gg, out, i0, i1, C, inner);
+#endif
+        (void)avx2;
+        isa_base::bias_act_elements<T>(mode, p, x, b, g, gg, out, i0, i1, C, inner);
+    });
 }
 
 // x: contiguous, any shape; b: [C] or undefined; C = x.size(dim), inner = prod(x.shape[dim+1:]).
