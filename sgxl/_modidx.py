@@ -453,6 +453,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                           'sgxl.ops._resolve_bias_act': ('ops.html#_resolve_bias_act', 'sgxl/ops.py'),
                           'sgxl.ops._resolve_filtered_lrelu': ('ops.html#_resolve_filtered_lrelu', 'sgxl/ops.py'),
                           'sgxl.ops._resolve_upfirdn': ('ops.html#_resolve_upfirdn', 'sgxl/ops.py'),
+                          'sgxl.ops._separable': ('ops.html#_separable', 'sgxl/ops.py'),
                           'sgxl.ops._sum_to_bias': ('ops.html#_sum_to_bias', 'sgxl/ops.py'),
                           'sgxl.ops._taps_size': ('ops.html#_taps_size', 'sgxl/ops.py'),
                           'sgxl.ops._third_order': ('ops.html#_third_order', 'sgxl/ops.py'),

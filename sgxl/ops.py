@@ -274,13 +274,22 @@ def _fused_filtered_lrelu_ok(x, fu, fd) -> tuple[bool, str]:
     taps = max(*filter_size(fu), *filter_size(fd))
     return taps <= FUSED_MAX_TAPS, f'filters of {taps} taps (the CUDA kernel takes up to {FUSED_MAX_TAPS} a side)'
 
-def _pick_impl(x: torch.Tensor, impl: str, op: str, fused_ok: bool = True, why_not: str = '') -> str:
-    "The implementation that runs: 'ref', 'cpu' or 'cuda'. `fused_ok=False` (with `why_not`) rules the kernels out."
+def _separable(*filters) -> bool:
+    "Whether every filter is None or 1-D: the calls the fast CPU path runs (2-D filters take a slow loop)."
+    return all(f is None or f.ndim == 1 for f in filters)
+
+def _pick_impl(x: torch.Tensor, impl: str, op: str, fused_ok: bool = True, why_not: str = '',
+               cpu_fast: bool = True) -> str:
+    """The implementation that runs: 'ref', 'cpu' or 'cuda'. `fused_ok=False` (with `why_not`) rules the kernels
+    out; `cpu_fast=False` keeps 'auto' on the reference for a CPU call the CPU kernels are slow at."""
     check(impl in IMPLS, f"{op}: impl={impl!r} is unknown; choose one of {', '.join(IMPLS)}")
     if impl == 'ref':
         return 'ref'
     if impl == 'auto':
-        return 'cuda' if x.is_cuda and fused_ok and _fused_ready('cuda') else 'ref'
+        kind = x.device.type
+        if kind == 'cuda' or (kind == 'cpu' and cpu_fast):
+            return kind if fused_ok and _fused_ready(kind) else 'ref'
+        return 'ref'
     check(x.device.type == impl, f"{op}: impl={impl!r} needs x on the {impl} device, but x is on {x.device}; "
           f"move x there or use impl='auto'")
     check(fused_ok, f"{op}: impl={impl!r} does not support {why_not}; use impl='ref' (or 'auto', which falls back)")
@@ -301,7 +310,7 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='au
     multiply by `gain`, keep every `down`-th sample. `up`, `down`: int or (x, y); `padding`: int, (px, py)
     or (x0, x1, y0, y1), negative crops. Output: floor((H*up + y0 + y1 - fh) / down) + 1 rows (same for W)."""
     g = _resolve_upfirdn(x, f, up, down, padding)
-    if _pick_impl(x, impl, 'upfirdn2d', *_fused_dtype_ok(x)) == 'ref':
+    if _pick_impl(x, impl, 'upfirdn2d', *_fused_dtype_ok(x), cpu_fast=_separable(f)) == 'ref':
         return _upfirdn2d_ref(x, f, g, flip_filter, float(gain))
     return _fused_upfirdn2d(x, f, g, flip_filter, float(gain))
 
@@ -312,7 +321,7 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=SQ
 
     Output size per axis: Wu = W*up + x0 + x1 - fu_w + 1, then floor((Wu - fd_w) / down) + 1."""
     gu, gd = _resolve_filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp)
-    if _pick_impl(x, impl, 'filtered_lrelu', *_fused_filtered_lrelu_ok(x, fu, fd)) == 'ref':
+    if _pick_impl(x, impl, 'filtered_lrelu', *_fused_filtered_lrelu_ok(x, fu, fd), cpu_fast=_separable(fu, fd)) == 'ref':
         return _filtered_lrelu_ref(x, fu, fd, b, gu, gd, float(gain), float(slope), clamp, flip_filter)
     return _fused_filtered_lrelu(x, fu, fd, b, gu, gd, float(gain), float(slope), clamp, flip_filter)
 

@@ -141,6 +141,9 @@ def build(kind: str, verbose: bool = False):
             raise RuntimeError(f'nvcc not found: set CUDA_HOME (looked in {DEFAULT_CUDA_HOME})')
     key = build_key(kind)
     name = f'sgxl_ops_{kind}_{key}'
+    if not (cache_dir() / name / 'BUILT').exists():                # say why the first call takes a while
+        print(f'sgxl.ops: compiling the {kind} kernels once (a minute or two; cached in {cache_dir()})',
+              file=sys.stderr, flush=True)
     return build_extension(name, [CSRC / s for s in SOURCES[kind]], cache_dir() / name, verbose, **build_flags(kind))
 
 def load_ops(kind: str, verbose: bool = False):

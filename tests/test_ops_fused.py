@@ -277,11 +277,13 @@ def test_impl_selection(monkeypatch):
     calls = []
     monkeypatch.setattr(ops, '_ext', lambda t: calls.append(t) or ops_build.require_ops('cpu'))
     x, f = torch.randn(1, 2, 8, 8), ops.setup_filter([1, 2, 1])
-    ops.upfirdn2d(x, f, impl='auto')                       # CPU tensor: 'auto' is the reference
+    ops.upfirdn2d(x, f[:, None] * f, impl='auto')          # CPU tensor, 2-D filter: 'auto' is the reference
     ops.filtered_lrelu(x, f, f, up=2, down=2, padding=1, impl='ref')
     assert not calls
     ops.filtered_lrelu(x, f, f, up=2, down=2, padding=1, impl='cpu')
     assert len(calls) == 1
+    ops.upfirdn2d(x, f, impl='auto')                       # separable: 'auto' is the fast CPU path
+    assert len(calls) == 2
     with pytest.raises(ValueError, match="impl='cuda' needs x on the cuda device"):
         ops.bias_act(x, impl='cuda')
     with pytest.raises(ValueError, match='impl=.gpu. is unknown'):
