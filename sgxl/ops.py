@@ -274,9 +274,11 @@ def _fused_filtered_lrelu_ok(x, fu, fd) -> tuple[bool, str]:
     taps = max(*filter_size(fu), *filter_size(fd))
     return taps <= FUSED_MAX_TAPS, f'filters of {taps} taps (the CUDA kernel takes up to {FUSED_MAX_TAPS} a side)'
 
-def _separable(*filters) -> bool:
-    "Whether every filter is None or 1-D: the calls the fast CPU path runs (2-D filters take a slow loop)."
-    return all(f is None or f.ndim == 1 for f in filters)
+def _cpu_fast(*filters) -> bool:
+    """Whether the fast CPU path runs these filters as given: each None, or 1-D (a 2-D filter takes a slow
+    loop) with taps that float32 holds exactly (the kernels take float32 taps)."""
+    exact = lambda f: f.dtype == torch.float32 or torch.equal(f.float().to(f.dtype), f)
+    return all(f is None or (f.ndim == 1 and exact(f)) for f in filters)
 
 def _pick_impl(x: torch.Tensor, impl: str, op: str, fused_ok: bool = True, why_not: str = '',
                cpu_fast: bool = True) -> str:
@@ -310,7 +312,7 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='au
     multiply by `gain`, keep every `down`-th sample. `up`, `down`: int or (x, y); `padding`: int, (px, py)
     or (x0, x1, y0, y1), negative crops. Output: floor((H*up + y0 + y1 - fh) / down) + 1 rows (same for W)."""
     g = _resolve_upfirdn(x, f, up, down, padding)
-    if _pick_impl(x, impl, 'upfirdn2d', *_fused_dtype_ok(x), cpu_fast=_separable(f)) == 'ref':
+    if _pick_impl(x, impl, 'upfirdn2d', *_fused_dtype_ok(x), cpu_fast=_cpu_fast(f)) == 'ref':
         return _upfirdn2d_ref(x, f, g, flip_filter, float(gain))
     return _fused_upfirdn2d(x, f, g, flip_filter, float(gain))
 
@@ -321,7 +323,7 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=SQ
 
     Output size per axis: Wu = W*up + x0 + x1 - fu_w + 1, then floor((Wu - fd_w) / down) + 1."""
     gu, gd = _resolve_filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp)
-    if _pick_impl(x, impl, 'filtered_lrelu', *_fused_filtered_lrelu_ok(x, fu, fd), cpu_fast=_separable(fu, fd)) == 'ref':
+    if _pick_impl(x, impl, 'filtered_lrelu', *_fused_filtered_lrelu_ok(x, fu, fd), cpu_fast=_cpu_fast(fu, fd)) == 'ref':
         return _filtered_lrelu_ref(x, fu, fd, b, gu, gd, float(gain), float(slope), clamp, flip_filter)
     return _fused_filtered_lrelu(x, fu, fd, b, gu, gd, float(gain), float(slope), clamp, flip_filter)
 

@@ -147,6 +147,11 @@ def test_auto_uses_the_fast_path_on_cpu(monkeypatch):
     assert calls == ['cpu'] * 3
     ops.upfirdn2d(x, f2, impl='cpu')                                          # still available when asked for
     assert calls == ['cpu'] * 4
+    x64 = x.double()
+    ops.upfirdn2d(x64, torch.tensor([0.1, 0.7, 0.2], dtype=torch.float64))     # taps float32 would round: reference
+    assert calls == ['cpu'] * 4
+    ops.upfirdn2d(x64, f1.double())                                          # float64 taps float32 holds exactly
+    assert calls == ['cpu'] * 5
 
 
 def test_generators_match_reference_and_default_to_the_fast_path(monkeypatch):
