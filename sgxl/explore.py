@@ -24,7 +24,7 @@ from .stylegan3 import labels_to_onehot, rotation_matrix, translation_matrix
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['load_network', 'parse_range', 'check_classes', 'z_from_seeds', 'sample_w_means', 'class_mean_w', 'map_z',
+__all__ = ['load_network', 'parse_range', 'check_classes', 'z_from_seeds', 'sample_w', 'sample_w_means', 'class_mean_w', 'map_z',
            'content_transform', 'moved_input', 'synthesize', 'generate', 'truncation_sweep', 'class_sheet', 'slerp',
            'interpolate', 'upscale', 'write_animation', 'explore_view', 'explore_figure', 'explorer', 'generate_parser',
            'generate_main']
@@ -86,25 +86,27 @@ def z_from_seeds(G: nn.Module, seeds: Sequence[int]) -> tuple[torch.Tensor, torc
 
 # %% ../nbs/12_explore.ipynb #b464cef1
 @torch.no_grad()
-def sample_w_means(G: nn.Module, classes: Sequence[int] | None = None, num: int = 1000, seed: int = 0,
-                   batch: int = 1000) -> nn.Module:
+def sample_w(G: nn.Module, c: int | None = None, num: int = 1000, seed: int = 0, batch: int = 1000) -> torch.Tensor:
+    "w = f(z, c) for `num` seeded draws of z (N, w_dim), on G's device; c=None for an unconditional G."
+    dev, g = next(G.parameters()).device, torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, num, batch):
+        n = min(batch, num - start)
+        z = torch.randn(n, G.z_dim, generator=g).to(dev)                  # $z_i \sim \mathcal N(0, I)$
+        out.append(G.mapping.embed_w(z, None if c is None else torch.full((n,), int(c), device=dev)))
+    return torch.cat(out)
+
+@torch.no_grad()
+def sample_w_means(G: nn.Module, classes: Sequence[int] | None = None, num: int = 1000, seed: int = 0) -> nn.Module:
     "Set G's mean of w (per class in `classes`, default all; global for an unconditional G) to a `num`-sample mean."
-    m, dev = G.mapping, next(G.parameters()).device
+    m = G.mapping
     check(num >= 1, f"num={num}: average at least one sample")
-    g = torch.Generator().manual_seed(seed)
-    def mean_w(c: int | None) -> torch.Tensor:
-        total = torch.zeros(G.w_dim, dtype=torch.float64, device=dev)
-        for start in range(0, num, batch):
-            n = min(batch, num - start)
-            z = torch.randn(n, G.z_dim, generator=g).to(dev)
-            labels = None if c is None else torch.full((n,), c, device=dev)
-            total += m.embed_w(z, labels).double().sum(0)                  # $\sum_i f(z_i, c)$
-        return (total / num).float()
     if not G.c_dim:
-        m.w_avg.copy_(mean_w(None)); m.w_avg_count.fill_(max(float(m.w_avg_count), 1.0))
+        m.w_avg.copy_(sample_w(G, None, num, seed).double().mean(0))     # $\bar w \approx \frac1n \sum_i f(z_i)$
+        m.w_avg_count.fill_(max(float(m.w_avg_count), 1.0))
         return G
     for c in check_classes(G, list(range(G.c_dim)) if classes is None else classes).unique().tolist():
-        m.w_avg_class[c] = mean_w(c)
+        m.w_avg_class[c] = sample_w(G, c, num, seed).double().mean(0)    # $\bar w_c \approx \frac1n \sum_i f(z_i, c)$
         m.w_avg_class_count[c] = max(float(m.w_avg_class_count[c]), 1.0)
     return G
 
