@@ -147,10 +147,13 @@ def moved_input(G: nn.Module, translate: Sequence[float] = (0.0, 0.0), angle: fl
     finally: fourier.transform = saved
 
 @torch.no_grad()
-def synthesize(G: nn.Module, ws: torch.Tensor, batch: int = 32, translate: Sequence[float] = (0.0, 0.0),
+def synthesize(G: nn.Module, ws: torch.Tensor, batch: int | None = None, translate: Sequence[float] = (0.0, 0.0),
                angle: float = 0.0) -> torch.Tensor:
     "Images (N, C, H, W) float32 on the CPU, about [-1, 1], from ws (N, num_ws, w_dim); batched, no gradients."
     dev = next(G.parameters()).device
+    # per-sample (grouped) convolutions get slower per image with the batch on CPU (measured: 0.07 s/image
+    # one at a time, 0.38 s/image in batches of 32 for tiny G), so the CPU renders one image at a time
+    batch = batch or (32 if dev.type == 'cuda' else 1)
     with moved_input(G, translate, angle):
         return torch.cat([G.synthesis(ws[i:i + batch].to(dev)).float().cpu() for i in range(0, len(ws), batch)])
 
