@@ -228,6 +228,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'sgxl.explore.parse_range': ('explore.html#parse_range', 'sgxl/explore.py'),
                               'sgxl.explore.sample_w': ('explore.html#sample_w', 'sgxl/explore.py'),
                               'sgxl.explore.sample_w_means': ('explore.html#sample_w_means', 'sgxl/explore.py'),
+                              'sgxl.explore.save_image': ('explore.html#save_image', 'sgxl/explore.py'),
                               'sgxl.explore.slerp': ('explore.html#slerp', 'sgxl/explore.py'),
                               'sgxl.explore.synthesize': ('explore.html#synthesize', 'sgxl/explore.py'),
                               'sgxl.explore.truncation_sweep': ('explore.html#truncation_sweep', 'sgxl/explore.py'),

@@ -26,8 +26,8 @@ _log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['load_network', 'parse_range', 'check_classes', 'z_from_seeds', 'sample_w', 'sample_w_means', 'class_mean_w', 'map_z',
            'content_transform', 'moved_input', 'synthesize', 'generate', 'truncation_sweep', 'class_sheet', 'slerp',
-           'interpolate', 'upscale', 'write_animation', 'explore_view', 'explore_figure', 'explorer', 'generate_parser',
-           'generate_main']
+           'interpolate', 'upscale', 'save_image', 'write_animation', 'explore_view', 'explore_figure', 'explorer',
+           'generate_parser', 'generate_main']
 
 # %% ../nbs/12_explore.ipynb #5e0dd799
 def load_network(path, device: str | torch.device | None = 'cpu', which: str = 'G_ema') -> tuple[nn.Module, dict]:
@@ -232,6 +232,15 @@ def upscale(images: torch.Tensor, factor: int = 1) -> torch.Tensor:
     check(isinstance(factor, int) and factor >= 1, f"upscale factor {factor!r}: use an integer >= 1")
     return images if factor == 1 else images.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
 
+def save_image(image: torch.Tensor, path) -> Path:
+    "Write one image (C, H, W) in [-1, 1] as a PNG of exactly H x W pixels (atomically)."
+    import io
+    from PIL import Image
+    arr = to_uint8(image).permute(1, 2, 0).cpu().numpy()                  # (H, W, C) uint8
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format='PNG')
+    return atomic_write(path, buf.getvalue())
+
 def write_animation(frames: torch.Tensor, path, fps: float = 12, scale: int = 1, loop: bool = True) -> Path:
     "Write frames (T, C, H, W) in [-1, 1] as an animated GIF at `path` (imageio); returns the path."
     import imageio.v3 as iio
@@ -370,7 +379,7 @@ def _write_outputs(G, args, outdir: Path) -> list[str]:
         return ['classes.png']
     imgs, c = generate(G, seeds, args.cls, args.trunc, **move)
     names = [f'seed{s:04d}' + ('' if c is None else f'-class{int(c[i]):02d}') + '.png' for i, s in enumerate(seeds)]
-    for img, name in zip(imgs, names): save_image_grid(upscale(img[None], scale), outdir / name, nrow=1)
+    for img, name in zip(imgs, names): save_image(upscale(img[None], scale)[0], outdir / name)
     save_image_grid(upscale(imgs, scale), outdir / 'grid.png')
     return names + ['grid.png']
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from .core import LITE0, Config, atomic_write, check, get_device, save_image_grid, show_images
 from .explore import (check_classes, class_mean_w, load_network, map_z, parse_range, sample_w, sample_w_means,
-                          synthesize, upscale, z_from_seeds)
+                          save_image, synthesize, upscale, z_from_seeds)
 from .features import FeatureNetwork
 
 _log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ def guidance_classifier_for(G: nn.Module, meta: dict, data: str | None, device) 
 def _save_outputs(outdir: Path, target, inv: Inversion, G, args, scale: int) -> list[str]:
     from safetensors.torch import save_file
     images = dict(target=target.cpu(), projected=inv.projection.image, pti=inv.tuning.image)
-    for name, img in images.items(): save_image_grid(upscale(img, scale), outdir / f'{name}.png', nrow=1)
+    for name, img in images.items(): save_image(upscale(img, scale)[0], outdir / f'{name}.png')
     save_image_grid(upscale(torch.cat(list(images.values())), scale), outdir / 'compare.png', nrow=3)
     tensors = {'ws': inv.ws.cpu().contiguous()}
     if inv.c is not None: tensors['c'] = torch.tensor([inv.c])
