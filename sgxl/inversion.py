@@ -307,23 +307,21 @@ def labelled_samples(G: nn.Module, num: int = 256, classes=None, psi: float = 1.
 def attribute_direction(w: torch.Tensor, scores: torch.Tensor, fraction: float = 0.25, heldout: float = 0.25,
                         shrinkage: float = 1.0) -> AttributeDirection:
     "The unit direction in W separating the top from the bottom `fraction` of samples by score; w (N, D), scores (N,)."
-    scores = torch.as_tensor(scores).detach().float().cpu().reshape(-1)
+    w, scores = w.detach().float().cpu(), torch.as_tensor(scores).detach().float().cpu().reshape(-1)
     check(len(w) == len(scores), f"{len(w)} samples but {len(scores)} scores: score every sample once")
     check(0 < fraction <= 0.5 and 0 < heldout < 1, f"fraction={fraction}, heldout={heldout}: use 0 < fraction <= 0.5 "
           f"and 0 < heldout < 1")
-    n_test = int(heldout * len(w))
+    n_test = max(1, int(heldout * len(w)))
     train, test = torch.arange(n_test, len(w)), torch.arange(n_test)
-    def split(idx):                                                          # (low, high) index sets by score
-        order = idx[scores[idx].argsort()]
-        k = max(1, int(fraction * len(order)))
-        return order[:k], order[-k:]
-    low, high = split(train)
+    order = train[scores[train].argsort()]
+    k = max(1, int(fraction * len(order)))
+    low, high = order[:k], order[-k:]                                       # bottom and top `fraction` by score
     check(len(low) >= 2, f"{len(w)} samples are too few: label at least 2 high and 2 low training samples")
     d = fisher_direction(w[high], w[low], shrinkage)                         # (D,)
     proj = (w - w[train].mean(0)) @ d                                        # (N,): position along d
     threshold = ((proj[high].mean() + proj[low].mean()) / 2).item()
-    t_low, t_high = split(test)
-    accuracy = torch.cat([proj[t_high] > threshold, proj[t_low] <= threshold]).float().mean().item()
+    # held out: the share of samples on the right side of the boundary, "high" = above the training median score
+    accuracy = ((proj[test] > threshold) == (scores[test] > scores[train].median())).float().mean().item()
     return AttributeDirection(d, proj[train].std().item(), accuracy, threshold)
 
 # %% ../nbs/13_inversion.ipynb #cc2ca16d
