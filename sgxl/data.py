@@ -509,9 +509,12 @@ class InfiniteLoader:
     def _start(self):
         sampler = InfiniteSampler(len(self.dataset), self.batch, self.seed, self.rank, self.world_size,
                                   start=self.position, shuffle=self.shuffle)
+        # its own generator: starting an iterator must not draw from the global random stream, or a resumed
+        # run (which starts one mid-run) would draw different latents than an uninterrupted one
         dl = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch, sampler=sampler,
                                          num_workers=self.workers, pin_memory=self.pin_memory,
-                                         prefetch_factor=4 if self.workers else None)
+                                         prefetch_factor=4 if self.workers else None,
+                                         generator=torch.Generator().manual_seed(self.seed))
         return iter(dl)
 
     def __iter__(self): return self

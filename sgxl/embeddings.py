@@ -84,8 +84,8 @@ def check_labelled(dataset) -> int:
 CACHE_VERSION = 1    # bump when the computation changes: old tables are then ignored
 
 def user_cache_dir() -> Path:
-    "sgxl's cache folder: $SGXL_CACHE, else $XDG_CACHE_HOME/sgxl, else ~/.cache/sgxl."
-    if os.environ.get('SGXL_CACHE'): return Path(os.environ['SGXL_CACHE']).expanduser()
+    "sgxl's cache folder: $SGXL_CACHE_DIR, else $XDG_CACHE_HOME/sgxl, else ~/.cache/sgxl."
+    if os.environ.get('SGXL_CACHE_DIR'): return Path(os.environ['SGXL_CACHE_DIR']).expanduser()
     return Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache').expanduser() / 'sgxl'
 
 def cache_folders(dataset, cache_dir=None) -> list[Path]:
@@ -271,7 +271,7 @@ def embeddings_main(argv: list[str]) -> int:
         prog='sgxl embeddings', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Compute the pretrained class embeddings of rung C: per class, the mean of lite0\'s pooled '
                     'lowest-resolution (320-channel) features over the class\'s images. Cached beside the '
-                    'dataset (or in $SGXL_CACHE / ~/.cache/sgxl for built-ins); a second run only loads it.',
+                    'dataset (or in $SGXL_CACHE_DIR / ~/.cache/sgxl for built-ins); a second run only loads it.',
         epilog='examples:\n  sgxl embeddings imagenet128.zip\n'
                '  sgxl embeddings shapes:num_images=2000 --resolution 32 --feature-resolution 64')
     p.add_argument('data', help="a dataset folder or .zip (with dataset.json labels), or 'shapes[:num_images=N,seed=S]'")

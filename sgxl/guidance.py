@@ -19,8 +19,12 @@ import torch.nn.functional as F
 from timm.models import get_pretrained_cfg
 from torch import nn
 
+from .baseline import Chunk
 from .core import LITE0, Config, atomic_write, check, get_device
+from .data import load
 from .features import FeatureNetwork, MissingWeightsError, create_backbone, resize
+from .growing import RungD
+from .projected import hinge_g_loss
 
 _log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ __all__ = ['DEIT_SMALL', 'IMAGENET_CLASSES', 'PROBE_VERSION', 'guidance_loss', '
            'deit_missing_message', 'deit_classifier', 'PooledFeatures', 'ProbeHead', 'heldout_split',
            'extract_features', 'fit_probe', 'calibrate_temperature', 'evaluate_probe', 'default_cache_dir',
            'probe_cache_dir', 'probe_key', 'save_probe', 'load_probe', 'probe_images', 'train_probe',
-           'probe_classifier', 'is_imagenet', 'lite0_weights', 'make_classifier']
+           'probe_classifier', 'is_imagenet', 'lite0_weights', 'make_classifier', 'RungF']
 
 # %% ../nbs/09_config_f.ipynb #a3e964d2
 DEIT_SMALL = 'deit_small_distilled_patch16_224'  # the paper's guidance classifier (DeiT-S, distilled; 22M parameters)
@@ -359,3 +363,21 @@ def make_classifier(cfg: Config, dataset, imagenet: bool | None = None, cache_di
     check(k == IMAGENET_CLASSES, f"classifier={cfg.classifier!r} is DeiT-S, which predicts ImageNet's "
           f"{IMAGENET_CLASSES} classes, but {dataset!r} has {k}: use classifier='probe' (or 'auto')")
     return deit_classifier('pretrained' if choice == 'deit' else choice, deit_resolution).to(get_device(device))
+
+# %% ../nbs/09_config_f.ipynb #f5533f62
+class RungF(RungD):
+    "Rung E plus classifier guidance: G's loss += cls_weight * CE(classifier(G(z, c)), c) from 32x32 on."
+    def build(self):
+        super().build()
+        check(self.c_dim > 0, "classifier guidance (rung F) needs class labels: use a labelled dataset, "
+              "or train rung E (cfg='E') on unlabelled data")
+        data = load(self.cfg.data, resolution=self.cfg.resolution) if self.cfg.cls_weight > 0 else None
+        self.classifier = (make_classifier(self.cfg.replace(c_dim=self.c_dim), data, device=self.device).to(self.device)
+                           if data is not None else None)
+
+    def g_loss(self, b: Chunk):
+        fake = self.generate(b)
+        loss = hinge_g_loss(self.discriminate(fake, b.c))                   # $-D(G(z))$
+        guide = guidance_loss(self.classifier, fake, b.c, self.cfg.cls_weight, self.resolution,
+                              self.cfg.cls_min_resolution) if self.classifier is not None else loss.new_zeros([])
+        return loss + guide, {'loss/G': loss, 'loss/guidance': guide}

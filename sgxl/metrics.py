@@ -610,15 +610,14 @@ def _progress_bar(on: bool):
 
 # %% ../nbs/11_metrics.ipynb #4e2e7850
 def load_generator(path: str, device=None):
-    "G from a run folder or checkpoint (for `sgxl metrics`). Provided by the training notebook's checkpoint format."
-    raise NotImplementedError(f"cannot load a generator from {path!r} yet: the checkpoint format arrives with the "
-                              f"training loop (sgxl.training). From Python, call sgxl.metrics.compute_metrics(names, G, "
-                              f"dataset) with a generator object.")
+    "(G_ema, checkpoint metadata) from a run folder or checkpoint, in sgxl.training's format."
+    from sgxl.training import load_generator as load_trained       # (training imports this module lazily)
+    return load_trained(path, device or 'auto')
 
 def load_dataset(data: str, resolution: int | None = None):
-    "The real images of `--data` (folder, zip or built-in name). Provided by sgxl.data."
-    raise NotImplementedError(f"cannot open the dataset {data!r} yet: dataset loading arrives with sgxl.data. From "
-                              f"Python, pass any dataset with its contract to sgxl.metrics.compute_metrics.")
+    "The real images of `--data` (folder, zip or built-in name) at the generator's resolution."
+    from sgxl.data import load
+    return load(data, resolution=resolution)
 
 def format_table(results: dict[str, float]) -> str:
     "A two-column text table of metric results."
@@ -640,7 +639,7 @@ def metrics_parser() -> argparse.ArgumentParser:
                "Weights: pt_inception-2015-12-05-6726825d.pth and vgg16-397923af.pth are looked up in --weights-dir, "
                "$SGXL_WEIGHTS_DIR, torch hub's checkpoints folder and ~/.cache/sgxl/weights.")
     p.add_argument('--network', required=True, help='run folder or checkpoint file')
-    p.add_argument('--data', help='dataset the generator was trained on (needed by all but EQ-T/EQ-R)')
+    p.add_argument('--data', help="real images to compare with (default: the run's own dataset, from its config)")
     p.add_argument('--metrics', default='fid50k', help='comma-separated metric names (default: fid50k)')
     p.add_argument('--truncation', type=float, default=1.0, help='truncation psi (default: 1.0, no truncation)')
     p.add_argument('--num', type=int, help='override the image count of every metric (quick checks)')
@@ -661,14 +660,15 @@ def metrics_main(argv: Sequence[str] | None = None) -> int:
     try:
         specs = [parse_metric(n, args.num) for n in names]
         check(bool(names), '--metrics is empty: name at least one metric')
-        check(args.data is not None or all(s.kind in EQ_KINDS for s in specs),
-              f"--data is needed for {', '.join(s.name for s in specs if s.kind not in EQ_KINDS)}")
     except ValueError as e:
         parser.error(str(e))
     try:
         start = time.time()
-        G = load_generator(args.network, args.device)
-        dataset = load_dataset(args.data, getattr(G, 'img_resolution', None)) if args.data else None
+        G, meta = load_generator(args.network, args.device)
+        data = args.data or (meta.get('config') or {}).get('data')
+        needs_data = [s.name for s in specs if s.kind not in EQ_KINDS]
+        check(data is not None or not needs_data, f"--data is needed for {', '.join(needs_data)}")
+        dataset = load_dataset(data, getattr(G, 'img_resolution', None)) if needs_data else None
         results = compute_metrics(names, G, dataset, num=args.num, batch=args.batch, device=args.device,
                                   truncation_psi=args.truncation, seed=args.seed, cache_dir=args.cache_dir,
                                   weights=args.weights_dir, workers=args.workers, progress=sys.stderr.isatty())
@@ -677,7 +677,7 @@ def metrics_main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(format_table(results))
     out = Path(args.out) if args.out else default_output(args.network)
-    record = dict(network=str(args.network), data=args.data, metrics=results, truncation_psi=args.truncation,
+    record = dict(network=str(args.network), data=data, metrics=results, truncation_psi=args.truncation,
                   num=args.num, seed=args.seed, seconds=round(time.time() - start, 2))
     atomic_write(out, json.dumps(record, indent=2) + '\n')
     print(f'wrote {out}')

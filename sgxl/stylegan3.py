@@ -216,6 +216,7 @@ class MappingNetwork(nn.Module):
         self.register_buffer('w_avg_class', torch.zeros(c_dim, w_dim))   # per-class means of w
         self.register_buffer('w_avg_class_count', torch.zeros(c_dim))     # per-class observations
         self._pending = None                                              # deferred sums (see `commit_pending`)
+        self.freeze_w_avg = False                                         # True: the tracked means stay as they are
 
     def set_embedding(self, embed: nn.Module):
         "Swap the label embedding (rung C): any module mapping labels -> (N, embed_dim) with the same embed_dim."
@@ -239,8 +240,8 @@ class MappingNetwork(nn.Module):
                 update_w_avg: bool | str = False) -> torch.Tensor:
         w = self.embed_w(z, c)
         onehot = labels_to_onehot(c, self.c_dim, w.device)
-        if update_w_avg == 'defer': self.defer_w_avg(w.detach(), onehot)
-        elif update_w_avg: self.update_w_avg(w.detach(), onehot)
+        if update_w_avg and not self.freeze_w_avg:                        # 'defer': sum now, update in commit_pending
+            (self.defer_w_avg if update_w_avg == 'defer' else self.update_w_avg)(w.detach(), onehot)
         ws = w[:, None].repeat(1, self.num_ws, 1)                         # (N, num_ws, w_dim)
         if truncation_psi != 1: ws = self.truncate(ws, onehot, truncation_psi, truncation_cutoff)
         return ws

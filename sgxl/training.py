@@ -15,14 +15,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .core import atomic_write, check
+from .core import atomic_write, check, get_device
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'flatten_state', 'unflatten_state', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
-           'list_checkpoints', 'latest_checkpoint', 'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog',
-           'init_distributed', 'all_reduce_grads']
+__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'TRAIN_EXAMPLES', 'flatten_state', 'unflatten_state', 'CheckpointError',
+           'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'CheckpointManager',
+           'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed', 'rung_class', 'data_slug', 'new_run_dir',
+           'grid_latents', 'metric_key', 'Trainer', 'resolve_checkpoint', 'build_generator', 'load_generator',
+           'train_parser', 'parse_set', 'is_demo', 'config_from_args', 'train_main']
 
 # %% ../nbs/10_training.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -166,7 +169,7 @@ def set_rng_state(state: dict):
 class StatsLog:
     "Append-only stats.jsonl plus TensorBoard scalars in `run_dir` (rank 0 only: other ranks pass enabled=False)."
     def __init__(self, run_dir, enabled: bool = True, tensorboard: bool = True, resume_step: int | None = None):
-        self.path, self.enabled = Path(run_dir) / 'stats.jsonl', enabled
+        self.path, self.enabled = (Path(run_dir) / 'stats.jsonl' if run_dir is not None else None), enabled
         self.tb = None
         if not enabled: return
         if resume_step is not None and self.path.exists(): self._truncate_after(resume_step)
@@ -193,24 +196,364 @@ class StatsLog:
         if self.tb is not None: self.tb.close()
 
 # %% ../nbs/10_training.ipynb #d1f256df
-import os as _os
-import torch.distributed as dist
-
 def init_distributed(device: str | None = None) -> tuple[int, int, torch.device]:
     "Join the torchrun process group if there is one; returns (rank, world_size, device)."
-    world = int(_os.environ.get('WORLD_SIZE', '1'))
-    if world == 1: return 0, 1, torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    rank, local = int(_os.environ['RANK']), int(_os.environ.get('LOCAL_RANK', '0'))
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith('cuda'))
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world == 1: return 0, 1, get_device(device)
+    rank, local = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    use_cuda = torch.cuda.is_available() and (device is None or str(device) in ('auto', 'cuda'))
     if use_cuda: torch.cuda.set_device(local)
     if not dist.is_initialized(): dist.init_process_group('nccl' if use_cuda else 'gloo')
     return rank, world, torch.device(f'cuda:{local}' if use_cuda else 'cpu')
 
-def all_reduce_grads(params, world: int):
-    "Average the gradients of `params` over all ranks with one flat all-reduce (no-op for one process)."
-    if world == 1: return
-    params = [p for p in params if p.grad is not None]
-    if not params: return
-    flat = torch.cat([p.grad.flatten() for p in params]) / world
-    dist.all_reduce(flat)
-    for p, g in zip(params, flat.split([p.numel() for p in params])): p.grad.copy_(g.view_as(p))
+# %% ../nbs/10_training.ipynb #5b9ff812
+from .baseline import RungA
+from .embeddings import RungC
+from .growing import RungD
+from .guidance import RungF
+from .projected import RungB
+
+RUNG_CLASSES = {'A': RungA, 'B': RungB, 'C': RungC, 'D': RungD, 'E': RungD, 'F': RungF}   # E = D + a config change
+
+def rung_class(cfg: Config) -> type:
+    "The training-step class of the config's rung."
+    check(cfg.cfg in RUNG_CLASSES, f"cfg={cfg.cfg!r}: choose one of {', '.join(RUNG_CLASSES)}")
+    return RUNG_CLASSES[cfg.cfg]
+
+# %% ../nbs/10_training.ipynb #a0bc5914
+def data_slug(data: str) -> str:
+    "A short file-name-safe name for a dataset argument: 'shapes', 'imagenet128', ..."
+    name = data.split(':', 1)[0] if re.fullmatch(r'[A-Za-z]\w*(:.*)?', data) else Path(data).stem
+    return re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[:40] or 'data'
+
+def new_run_dir(outdir, cfg: Config) -> Path:
+    "Create outdir/NNNNN-CFG-PRESET-DATA-RES with the next free number."
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r'^(\d{5})-', p.name))]
+    run_dir = outdir / f'{max(ids, default=-1) + 1:05d}-{cfg.cfg}-{cfg.preset}-{data_slug(cfg.data)}-{cfg.resolution}'
+    run_dir.mkdir()
+    return run_dir
+
+def grid_latents(seed: int, z_dim: int, c_dim: int, rows: int = 4, cols: int = 8) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "Fixed latents (rows*cols, z_dim) and classes (one per column, cycling) for the snapshot grids."
+    g = torch.Generator().manual_seed(seed + 123456789)
+    z = torch.randn(rows * cols, z_dim, generator=g)
+    c = (torch.arange(rows * cols) % cols) % c_dim if c_dim else None
+    return z, c
+
+# %% ../nbs/10_training.ipynb #88a1c322
+import signal
+import time
+
+from tqdm.auto import tqdm
+
+from .core import Config, save_image_grid, seed_everything
+from .data import infinite_loader, load
+
+def metric_key(results: dict) -> float | None:
+    "The number that ranks checkpoints: the first FID-like result (lower is better), if any."
+    for k, v in results.items():
+        if 'fid' in k: return float(v)
+    return None
+
+class Trainer:
+    "One training run: data, the rung, the loop, snapshots, checkpoints. Every rank trains; rank 0 writes."
+    def __init__(self, cfg: Config, outdir='runs', resume=None, device=None, progress: bool = True,
+                 keep: int = 3, log_kimg: float | None = None):
+        self.rank, self.world, self.device = init_distributed(device)
+        self.progress, self.keep = progress, keep
+        resume_path = self.find_resume(resume)
+        if resume_path is not None:                                           # the stored config wins
+            cfg = Config.from_dict(self.checked(resume_path, lambda p: json.loads(p.read_text()))['meta']['config'])
+        check(cfg is not None, 'give a config, or a run folder / checkpoint to resume')
+        check(cfg.batch % self.world == 0, f"batch={cfg.batch} must be divisible by the {self.world} processes")
+        self.cfg = cfg
+        self.log_kimg = log_kimg or min(1.0, cfg.snap_kimg / 4)
+        seed_everything(cfg.seed)                                              # the same on every rank
+        cls = rung_class(cfg)
+        self.set_data(cls.data_resolution(cfg) if getattr(cls, 'progressive', False) else cfg.resolution)
+        self.cfg = cfg = cfg.replace(c_dim=self.dataset.num_classes)
+        self.rung = cls(cfg, self.device, dataset=self.dataset, rank=self.rank, world=self.world)
+        self.step_index, self.results = 0, {}
+        self.run_dir = resume_path.parent if resume_path is not None else (new_run_dir(outdir, cfg) if self.is_main else None)
+        if resume_path is not None: self.load(resume_path)
+        self.grid_z, self.grid_c = grid_latents(cfg.seed, self.rung.G.z_dim, cfg.c_dim)
+
+    @property
+    def is_main(self) -> bool: return self.rank == 0
+
+    def set_data(self, resolution: int):
+        "The dataset at `resolution` (each progressive stage has its own) and a fresh loader over it."
+        self.dataset = load(self.cfg.data, resolution=resolution)
+        self.loader = infinite_loader(self.dataset, self.cfg.batch // self.world, self.cfg.seed, self.rank,
+                                      self.world, self.cfg.workers)
+        if hasattr(self, 'rung'): self.rung.dataset = self.dataset
+
+    def find_resume(self, resume) -> Path | None:
+        "A checkpoint to resume from: a .json file, or a run folder (its latest checkpoint)."
+        if resume is None: return None
+        p = Path(resume)
+        if p.is_dir():
+            latest = latest_checkpoint(p)
+            check(latest is not None, f"--resume {p}: this folder has no checkpoint (ckpt-*.json) to resume from", FileNotFoundError)
+            return latest
+        check(p.exists(), f"--resume {p}: no such file or folder", FileNotFoundError)
+        return p if p.suffix == '.json' else p.with_name(p.name.removesuffix('.safetensors') + '.json')
+
+# %% ../nbs/10_training.ipynb #7d3091c6
+def _trainer_state(self) -> dict:
+    return {'rung': self.rung.state_dict(), 'loader': self.loader.state_dict(), 'rng': rng_state()}
+
+def _trainer_meta(self) -> dict:
+    from sgxl import __version__
+    D_sources = getattr(self.rung.D, 'weights_sources', {})
+    return {'config': self.cfg.to_dict(), 'step': self.step_index, 'kimg': self.rung.kimg,
+            'stage': getattr(self.rung, 'stage', 0), 'resolution': self.rung.resolution,
+            'dataset': getattr(self.dataset, 'name', str(self.cfg.data)), 'metrics': self.results,
+            'fid': metric_key(self.results), 'feature_weights': D_sources, 'sgxl_version': __version__,
+            'world_size': self.world, 'saved_at': time.strftime('%Y-%m-%d %H:%M:%S')}
+
+def _trainer_save(self) -> Path | None:
+    "Write a checkpoint (rank 0); the other ranks hold identical state and write nothing."
+    if not self.is_main: return None
+    return CheckpointManager(self.run_dir, keep=self.keep).save(self.step_index, self.state(), self.meta())
+
+def _trainer_checked(self, path: Path, read):
+    "read(path), turning a damaged checkpoint into an error that names the previous, intact one."
+    try: return read(path)
+    except (CheckpointError, json.JSONDecodeError, KeyError) as e:
+        earlier = [p for p in list_checkpoints(path.parent) if p != path and p.name < path.name]
+        hint = (f' The previous checkpoint {earlier[-1]} is intact: resume from it with --resume {earlier[-1]}'
+                if earlier else '')
+        raise CheckpointError(f'cannot resume from {path}: {e}.{hint}') from e
+
+def _trainer_load(self, path: Path):
+    state, meta = self.checked(path, lambda p: load_checkpoint(p, map_location=self.device))
+    self.rung.load_state_dict(state['rung'])                                   # (rebuilds a later stage's networks)
+    if self.rung.resolution != self.dataset.resolution: self.set_data(self.rung.resolution)
+    self.loader.load_state_dict(state['loader'])
+    set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state['rng'].items()})
+    self.step_index, self.results = int(meta['step']), dict(meta.get('metrics') or {})
+
+Trainer.state, Trainer.meta, Trainer.save, Trainer.load = _trainer_state, _trainer_meta, _trainer_save, _trainer_load
+Trainer.checked = _trainer_checked
+
+# %% ../nbs/10_training.ipynb #675d04dc
+def _trainer_snapshot(self) -> Path | None:
+    "Sample grid, metrics, checkpoint; returns the checkpoint path on rank 0."
+    if self.is_main:
+        images = torch.cat([self.rung.sample(z, c) for z, c in zip(self.grid_z.split(8),
+                            self.grid_c.split(8) if self.grid_c is not None else [None] * 4)])
+        save_image_grid(images, self.run_dir / f'samples-{self.step_index:09d}.png', nrow=8)
+        if self.cfg.metrics:
+            from sgxl.metrics import compute_metrics
+            self.results = compute_metrics(self.cfg.metrics, self.rung.G_ema, self.dataset, device=self.device,
+                                           seed=self.cfg.seed)
+            self.stats.log(self.step_index, self.rung.kimg, {f'metrics/{k}': v for k, v in self.results.items()})
+    fid = metric_key(self.results) if self.is_main else None
+    if self.world > 1:                                                        # every rank decides the same growth
+        box = torch.tensor([float('nan') if fid is None else fid], device=self.device)
+        dist.broadcast(box, 0); fid = box.item()
+    if getattr(self.rung, 'progressive', False) and fid is not None and np.isfinite(fid): self.rung.record_fid(fid)
+    return self.save()
+
+Trainer.snapshot = _trainer_snapshot
+
+# %% ../nbs/10_training.ipynb #42a9a26b
+class _StopSignal:
+    "Ctrl-C (SIGINT) or SIGTERM once: finish the step, checkpoint, stop. Twice: stop at once."
+    def __init__(self): self.requested = False
+    def __enter__(self):
+        self.old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in self.old: signal.signal(s, self.handle)
+        except ValueError: self.old = {}                                      # not the main thread: no handlers
+        return self
+    def handle(self, signum, frame):
+        if self.requested: raise KeyboardInterrupt
+        self.requested = True
+        print('\nsgxl: stopping after this step (a checkpoint will be saved); press Ctrl-C again to stop at once')
+    def __exit__(self, *exc):
+        for s, h in self.old.items(): signal.signal(s, h)
+
+def _trainer_run(self, max_steps: int | None = None) -> Path | None:
+    "Train until cfg.kimg thousand images (or `max_steps` more steps); returns the run folder (rank 0)."
+    cfg, rung = self.cfg, self.rung
+    total = int(cfg.kimg * 1000)
+    snap, log_every = int(cfg.snap_kimg * 1000), int(self.log_kimg * 1000)
+    self.stats = StatsLog(self.run_dir, enabled=self.is_main, resume_step=self.step_index)
+    if self.is_main: cfg.to_json(self.run_dir / 'config.json')
+    bar = tqdm(total=total, initial=min(rung.nimg, total), unit='img', disable=not (self.progress and self.is_main),
+               dynamic_ncols=True, desc=f'{cfg.cfg}/{cfg.preset} {rung.resolution}px')
+    window, t0, steps_done, snapped_at = {}, time.perf_counter(), 0, self.step_index
+    with _StopSignal() as stop:
+        while rung.nimg < total and not stop.requested and (max_steps is None or steps_done < max_steps):
+            before = rung.nimg
+            real, labels = next(self.loader)
+            stats = rung.step(real, labels if cfg.c_dim else None, self.step_index, cfg.batch_gpu)
+            self.step_index += 1; steps_done += 1
+            for k, v in stats.items(): window.setdefault(k, []).append(v)
+            bar.update(min(rung.nimg, total) - min(before, total))
+            crossed = lambda every: every > 0 and rung.nimg // every > before // every
+            at_snapshot = crossed(snap) or rung.nimg >= total
+            if crossed(log_every) or at_snapshot:
+                window, t0 = self.log_window(window, t0, bar), time.perf_counter()
+            if at_snapshot: self.snapshot(); snapped_at = self.step_index
+            if getattr(rung, 'progressive', False) and rung.should_grow():
+                if snapped_at != self.step_index: self.snapshot()               # the stage's last grid
+                self.grow(bar); snapped_at = self.step_index
+    if snapped_at != self.step_index:                                           # stopped early: nothing lost
+        self.log_window(window, t0, bar); self.snapshot()
+    bar.close(); self.stats.close()
+    return self.run_dir
+
+def _trainer_log_window(self, window: dict, t0: float, bar) -> dict:
+    "Average the window's stats, log them, show them on the bar; returns a fresh window."
+    if not window: return {}
+    means = {k: sum(v) / len(v) for k, v in window.items()}
+    n = len(next(iter(window.values())))
+    sec_per_kimg = (time.perf_counter() - t0) / max(n * self.cfg.batch / 1000, 1e-9)
+    means.update({'timing/sec_per_kimg': sec_per_kimg, 'progress/kimg': self.rung.kimg})
+    self.stats.log(self.step_index, self.rung.kimg, means)
+    bar.set_postfix({'kimg': f'{self.rung.kimg:.2f}', 's/kimg': f'{sec_per_kimg:.0f}',
+                     **{k.split('/')[-1]: f'{v:.3f}' for k, v in means.items() if k.startswith('loss/')}})
+    return {}
+
+def _trainer_grow(self, bar=None):
+    "Next progressive stage: grow the rung, reload the data at the new resolution, checkpoint the new stage."
+    resolution = self.rung.grow()
+    self.set_data(resolution)
+    if bar is not None: bar.set_description(f'{self.cfg.cfg}/{self.cfg.preset} {resolution}px')
+    self.save()
+
+Trainer.run, Trainer.log_window, Trainer.grow = _trainer_run, _trainer_log_window, _trainer_grow
+
+# %% ../nbs/10_training.ipynb #8af03c73
+from .growing import progressive_generator
+from .stylegan3 import Generator
+
+def resolve_checkpoint(path) -> Path:
+    "A checkpoint JSON path from a file or a run folder (best by FID, else latest); clear errors otherwise."
+    p = Path(path)
+    check(p.exists(), f"no checkpoint at {p}: give a checkpoint file (ckpt-*.json) or a run folder", FileNotFoundError)
+    if p.is_dir():
+        best = p / 'best.json'
+        found = best if best.exists() else latest_checkpoint(p)
+        check(found is not None, f"{p} holds no checkpoint (ckpt-*.json or best.json): is it a run folder?", FileNotFoundError)
+        return found
+    return p if p.suffix == '.json' else p.with_name(p.name.removesuffix('.safetensors') + '.json')
+
+def build_generator(cfg: Config, c_dim: int, stage: int = 0) -> torch.nn.Module:
+    "An untrained generator with the architecture of `cfg` (at progressive `stage`)."
+    if cfg.progressive: return progressive_generator(cfg, c_dim, stage)
+    return Generator.from_config(cfg, c_dim)
+
+def load_generator(path, device='cpu', which: str = 'G_ema') -> tuple[torch.nn.Module, dict]:
+    "(G, meta) from a checkpoint or run folder; `which` is 'G_ema' (the one to evaluate) or 'G'."
+    check(which in ('G_ema', 'G'), f"which={which!r}: use 'G_ema' or 'G'")
+    state, meta = load_checkpoint(resolve_checkpoint(path), map_location='cpu')
+    check('config' in meta and 'rung' in state, f"{path} is an sgxl checkpoint but not of a training run (no config)",
+          CheckpointError)
+    cfg = Config.from_dict(meta['config'])
+    G = build_generator(cfg, cfg.c_dim, int(meta.get('stage', 0)))
+    G.load_state_dict(state['rung'][which])
+    return G.to(get_device(device)).eval().requires_grad_(False), meta
+
+# %% ../nbs/10_training.ipynb #91456f7f
+import argparse
+import sys
+
+from .core import RUNGS, PRESETS, make_config
+
+TRAIN_EXAMPLES = """examples:
+  sgxl train                                    # the demo: rung F, tiny, built-in shapes, CPU-friendly
+  sgxl train --cfg A --preset tiny --kimg 2     # rung A (StyleGAN3-T) on shapes
+  sgxl dataset ~/imagenet/train in128.zip --resolution 128
+  sgxl train --cfg F --data in128.zip --resolution 128 --batch 256 --batch-gpu 32
+  torchrun --nproc_per_node=8 -m sgxl train --cfg F --data in128.zip --batch 2048 --batch-gpu 64
+  sgxl train --resume runs/00003-F-paper-in128-128  # continue a run where its last checkpoint left it
+  sgxl train --cfg B --preset tiny --set blur_sigma=1.0 --set diffaug=color --dry-run
+"""
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='sgxl train', formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Train a rung of the ladder A..F. Without --cfg, --data, --preset or --resolution: the CPU '
+                    'demo (rung F, tiny preset, built-in shapes). Otherwise the paper values of the chosen rung and '
+                    'resolution, changed by the options below.', epilog=TRAIN_EXAMPLES)
+    p.add_argument('--cfg', choices=RUNGS, help='rung of the ladder (default: F, StyleGAN-XL)')
+    p.add_argument('--data', help="dataset folder or .zip (see `sgxl dataset`), or 'shapes' (built in, the default)")
+    p.add_argument('--preset', choices=PRESETS, help="'paper' (default with arguments) or 'tiny' (laptop CPU; the demo)")
+    p.add_argument('--resolution', type=int, help="output resolution (default: the dataset's; 32 for tiny shapes)")
+    p.add_argument('--kimg', type=float, help='training length in thousands of real images')
+    p.add_argument('--batch', type=int, help='global batch over all processes')
+    p.add_argument('--batch-gpu', type=int, help='images per forward pass and process (gradient accumulation below batch)')
+    p.add_argument('--snap', type=float, help='kimg between snapshots (sample grid, metrics, checkpoint)')
+    p.add_argument('--metrics', help="comma-separated metrics at each snapshot, e.g. fid50k,kid50k, or 'none'")
+    p.add_argument('--seed', type=int, help='random seed (default 0)')
+    p.add_argument('--workers', type=int, help='DataLoader worker processes per GPU')
+    p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                   help='any config field (see sgxl.core.Config), e.g. --set r1_gamma=2 --set cls_weight=4')
+    p.add_argument('--outdir', default='runs', help='where new run folders go (default: runs)')
+    p.add_argument('--resume', help='a run folder or checkpoint to continue (its stored config is used)')
+    p.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda'")
+    p.add_argument('--keep', type=int, default=3, help='checkpoints to keep besides the best (default 3)')
+    p.add_argument('--dry-run', action='store_true', help='print the resolved config and exit')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    return p
+
+def parse_set(items: list[str]) -> dict:
+    "--set field=value pairs; values are read as JSON when they parse (numbers, lists, true), else as text."
+    out = {}
+    for item in items:
+        check('=' in item, f"--set {item!r}: write FIELD=VALUE, e.g. --set r1_gamma=2")
+        k, v = item.split('=', 1)
+        try: val = json.loads(v)
+        except json.JSONDecodeError: val = v
+        out[k.strip()] = tuple(val) if isinstance(val, list) else val
+    return out
+
+# %% ../nbs/10_training.ipynb #6e49a286
+def is_demo(args) -> bool:
+    "No rung, data, preset or resolution given: the CPU demo (bookkeeping options such as --outdir still apply)."
+    return all(v is None for v in (args.cfg, args.data, args.preset, args.resolution))
+
+def config_from_args(args) -> Config:
+    "The run's config: rung and preset, then the dataset's resolution, then the options given."
+    preset = args.preset or ('tiny' if is_demo(args) else 'paper')
+    args.cfg, args.data = args.cfg or 'F', args.data or 'shapes'
+    overrides = {k: v for k, v in dict(data=args.data, kimg=args.kimg, batch=args.batch, batch_gpu=args.batch_gpu,
+                 snap_kimg=args.snap, seed=args.seed, workers=args.workers).items() if v is not None}
+    if args.metrics is not None:
+        overrides['metrics'] = tuple(m.strip() for m in args.metrics.split(',') if m.strip() and m.strip() != 'none')
+    resolution = args.resolution
+    if resolution is None and not re.fullmatch(r'[A-Za-z]\w*(:.*)?', args.data):
+        resolution = load(args.data).resolution                              # the files' own resolution
+    if resolution is not None: overrides['resolution'] = resolution
+    return make_config(args.cfg, preset, **{**overrides, **parse_set(args.set)})
+
+def train_main(argv: list[str] | None = None) -> int:
+    "`sgxl train`: see --help."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = train_parser().parse_args(argv)
+    try:
+        cfg = None if args.resume else config_from_args(args)
+        if args.dry_run:
+            print(cfg.to_json() if cfg else Path(resolve_checkpoint(args.resume)).read_text()[:2000]); return 0
+        trainer = Trainer(cfg, outdir=args.outdir, resume=args.resume, device=args.device,
+                          progress=not args.quiet, keep=args.keep)
+        if trainer.is_main:
+            print(f'sgxl train: rung {trainer.cfg.cfg}, {trainer.cfg.preset} preset, {trainer.dataset.name}, '
+                  f'{trainer.cfg.kimg:g} kimg -> {trainer.run_dir}')
+        run_dir = trainer.run()
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        print(f'sgxl train: error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('sgxl train: stopped; the last checkpoint is intact (resume with --resume RUN_FOLDER)', file=sys.stderr)
+        return 130
+    if trainer.is_main:
+        grids = sorted(run_dir.glob('samples-*.png'))
+        print(f'samples: {grids[-1] if grids else "none"}\nrun folder: {run_dir}')
+        if trainer.rung.nimg < trainer.cfg.kimg * 1000: print(f'resume with: sgxl train --resume {run_dir}')
+    return 0

@@ -14,3 +14,9 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+# Caches (class embeddings, guidance probes, metric statistics, ...) go to a per-session folder, not the
+# user's ~/.cache/sgxl -- except the compiled ops, whose cache CI warms with tools/build_ops.py.
+if 'SGXL_CACHE_DIR' not in os.environ:
+    import tempfile
+    os.environ['SGXL_CACHE_DIR'] = tempfile.mkdtemp(prefix='sgxl-test-cache-')

@@ -751,3 +751,14 @@ def test_load_paths_with_colons_and_named_like_builtins(tmp_path, monkeypatch):
     png(tmp_path / 'shapes' / 'a.png')                           # a folder called shapes wins over the built-in
     monkeypatch.chdir(tmp_path)
     assert isinstance(load('shapes'), FileDataset) and load('shapes').root == Path('shapes')
+
+
+def test_starting_the_loader_leaves_the_global_random_stream_alone():
+    "A resumed run starts its loader mid-run; that must not shift the latents drawn from torch's global RNG."
+    from sgxl.data import infinite_loader, load
+    ds = load('shapes', resolution=16, num_images=20)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    next(infinite_loader(ds, batch=4, seed=1))
+    assert torch.equal(torch.rand(3), expected)

@@ -83,7 +83,7 @@ def lite0_64():
 @pytest.fixture(autouse=True)
 def user_cache(tmp_path, monkeypatch):
     "Every test gets its own user cache folder (nothing is written to ~/.cache)."
-    monkeypatch.setenv('SGXL_CACHE', str(tmp_path / 'user-cache'))
+    monkeypatch.setenv('SGXL_CACHE_DIR', str(tmp_path / 'user-cache'))
     return tmp_path / 'user-cache'
 
 
@@ -209,7 +209,7 @@ def test_file_dataset_cache_lives_beside_it_and_follows_its_files(tmp_path, monk
     net_b.forward = lambda x, _f=net_b.forward: _f(F.interpolate(x, size=(6, 8)))
     with caplog.at_level(logging.WARNING, logger='sgxl.embeddings'):
         _, meta3 = class_embeddings(changed, net_b, progress=False, return_meta=True)
-    assert Path(meta3['path']).parent == Path(os.environ['SGXL_CACHE']) / 'embeddings'
+    assert Path(meta3['path']).parent == Path(os.environ['SGXL_CACHE_DIR']) / 'embeddings'
     assert 'cannot write the class-embedding cache' in caplog.text
     class_embeddings(changed, net_b, progress=False)                        # found in the fallback folder
     assert net_b.calls == 1

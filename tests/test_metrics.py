@@ -327,7 +327,7 @@ def test_fractional_transform_of_band_limited_image():
 # --- the command line ----------------------------------------------------------------------------------------------------
 def test_metrics_cli_table_and_json(tmp_path, monkeypatch):
     imgs = smooth_images(8, seed=1)
-    monkeypatch.setattr(M, 'load_generator', lambda path, device=None: Replay(smooth_images(8, seed=2)))
+    monkeypatch.setattr(M, 'load_generator', lambda path, device=None: (Replay(smooth_images(8, seed=2)), {}))
     monkeypatch.setattr(M, 'load_dataset', lambda data, resolution=None: Images(imgs, name='cli'))
     out = tmp_path / 'res.json'
     buf = io.StringIO()
@@ -344,8 +344,7 @@ def test_metrics_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         M.metrics_main(['--network', 'x', '--metrics', 'fid50k,bogus'])
     assert e.value.code == 2 and "unknown metric 'bogus'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        M.metrics_main(['--network', 'x', '--metrics', 'fid50k'])   # no --data
-    assert '--data is needed for fid50k' in capsys.readouterr().err
-    assert M.metrics_main(['--network', str(tmp_path), '--metrics', 'eqt8_int']) == 1
-    assert 'checkpoint format' in capsys.readouterr().err
+    assert M.metrics_main(['--network', str(tmp_path / 'x'), '--metrics', 'fid50k']) == 1   # missing network
+    assert 'no checkpoint at' in capsys.readouterr().err
+    assert M.metrics_main(['--network', str(tmp_path), '--metrics', 'eqt8_int']) == 1        # a folder, no checkpoint
+    assert 'holds no checkpoint' in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""Seconds per kimg and peak memory of one training step, per rung.
+
+    python benchmarks/train_step.py                    # tiny preset on CPU (every rung)
+    python benchmarks/train_step.py --device cuda      # also the paper preset at 64x64 on the GPU
+
+Each rung is built as `sgxl train` builds it (built-in shapes, its class embeddings / guidance probe taken
+from the cache after the first run), warmed up, then timed over --steps steps. Peak memory: the process's
+resident-set high-water mark on CPU (approximate: it includes everything loaded so far), torch's allocator
+peak on CUDA. Prints one table.
+"""
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+
+from sgxl.core import RUNGS, make_config, seed_everything
+from sgxl.data import load
+from sgxl.training import rung_class
+
+
+def build(cfg, device):
+    cls = rung_class(cfg)
+    res = cls.data_resolution(cfg) if getattr(cls, 'progressive', False) else cfg.resolution
+    data = load(cfg.data, resolution=res)
+    cfg = cfg.replace(c_dim=data.num_classes)
+    seed_everything(0)
+    return cls(cfg, device, dataset=data), data
+
+
+def time_rung(cfg, device, steps, warmup=1):
+    rung, data = build(cfg, device)
+    if getattr(rung, 'progressive', False) and rung.resolution < cfg.resolution:   # time the final stage
+        rung.grow(); data = load(cfg.data, resolution=rung.resolution)
+    n = cfg.batch
+    real = torch.stack([data[i % len(data)][0] for i in range(n)])
+    labels = torch.stack([data[i % len(data)][1] for i in range(n)])
+    if device == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        rung.step(real, labels, step_index=i + 1)                            # (+1: no lazy R1 in the timing)
+        if device == 'cuda': torch.cuda.synchronize()
+        if i >= warmup: times.append(time.perf_counter() - t0)
+    sec = statistics.median(times)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == 'cuda'
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return sec, sec / n * 1000, peak, rung.resolution
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default='cpu', help="'cpu' (tiny preset) or 'cuda' (tiny and paper at 64x64)")
+    p.add_argument('--steps', type=int, default=3, help='timed steps per rung (median reported)')
+    p.add_argument('--rungs', default=','.join(RUNGS), help='comma-separated rungs, e.g. A,B')
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
+    args = p.parse_args()
+    if args.threads: torch.set_num_threads(args.threads)
+    setups = [('tiny', {})]
+    if args.device == 'cuda': setups.append(('paper', dict(resolution=64, batch=64)))
+    print(f'device {args.device}, {torch.get_num_threads()} CPU threads, median of {args.steps} steps\n')
+    print(f"{'rung':<5}{'preset':<8}{'res':>5}{'batch':>7}{'s/step':>10}{'s/kimg':>10}{'peak MiB':>11}")
+    for preset, extra in setups:
+        for r in args.rungs.split(','):
+            cfg = make_config(r, preset, data='shapes:num_images=1000', **extra)
+            sec, sec_kimg, peak, res = time_rung(cfg, args.device, args.steps)
+            print(f'{r:<5}{preset:<8}{res:>5}{cfg.batch:>7}{sec:>10.2f}{sec_kimg:>10.0f}{peak:>11.0f}', flush=True)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,121 @@
+"""The training loop as users run it: `sgxl train` for every rung, a SIGKILLed run resumed, 2-process DDP,
+corrupted checkpoints, classifier guidance. Everything on the tiny preset, on CPU."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sgxl.core import RUNGS, make_config
+from sgxl.training import (CheckpointError, StatsLog, Trainer, latest_checkpoint, list_checkpoints,
+                           load_checkpoint, load_generator, train_main)
+
+TINY = ['--preset', 'tiny', '--data', 'shapes:num_images=40', '--batch', '4', '--quiet']
+
+
+def sgxl(*args, env=None, **kw):
+    "Run the real console entry point in a fresh process (one thread, so runs are comparable bit for bit)."
+    e = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', **(env or {})}
+    return subprocess.Popen([sys.executable, '-m', 'sgxl', *args], env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def rows(run_dir):
+    "stats.jsonl without the timing columns."
+    return [{k: v for k, v in r.items() if not k.startswith('timing/')} for r in StatsLog(run_dir, tensorboard=False).read()]
+
+
+@pytest.mark.parametrize('cfg', RUNGS)
+def test_every_rung_trains_through_sgxl_train(cfg, tmp_path, capsys):
+    extra = ['--set', 'stage_kimg=0.008'] if cfg in 'DEF' else []          # D..F also grow 16 -> 32
+    code = train_main(['--cfg', cfg, *TINY, '--kimg', '0.016', '--snap', '0.008', '--outdir', str(tmp_path), *extra])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    run_dir = next(tmp_path.iterdir())
+    assert f'run folder: {run_dir}' in out.out
+    stats = rows(run_dir)
+    assert stats and all(np.isfinite(v) for r in stats for k, v in r.items() if k.startswith('loss/'))
+    G, meta = load_generator(run_dir)
+    assert meta['config']['cfg'] == cfg and G.img_resolution == 32 and meta['kimg'] >= 0.016
+    if cfg == 'F': assert any(r.get('loss/guidance', 0) > 0 for r in stats)   # guidance ran at 32x32
+
+
+def test_sigkill_then_resume_continues_bit_for_bit(tmp_path):
+    args = ['--cfg', 'A', *TINY, '--kimg', '0.048', '--snap', '0.008', '--seed', '3']
+    whole = sgxl('train', *args, '--outdir', str(tmp_path / 'whole'))
+    killed = sgxl('train', *args, '--outdir', str(tmp_path / 'killed'))
+    deadline = time.time() + 600
+    run = None
+    while time.time() < deadline and killed.poll() is None:                  # wait for the second checkpoint
+        run = next((tmp_path / 'killed').glob('*'), None)
+        if run is not None and len(list_checkpoints(run)) >= 2: break
+        time.sleep(0.2)
+    assert killed.poll() is None, f'the run ended before it could be killed:\n{killed.stdout.read()}'
+    killed.send_signal(signal.SIGKILL); killed.wait()
+    assert latest_checkpoint(run) is not None
+    resumed = sgxl('train', '--resume', str(run), '--quiet')
+    assert resumed.wait(timeout=900) == 0, resumed.stdout.read()
+    assert whole.wait(timeout=900) == 0, whole.stdout.read()
+    a, b = rows(next((tmp_path / 'whole').iterdir())), rows(run)
+    assert [r['step'] for r in a] == [r['step'] for r in b] == list(range(1, 13))
+    assert a == b                                                           # every loss, to the last bit
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    "torchrun with 2 gloo processes of 4 images == one process of 8 images in chunks of 4."
+    common = ['train', '--cfg', 'A', '--preset', 'tiny', '--data', 'shapes:num_images=40', '--batch', '8',
+              '--batch-gpu', '4', '--kimg', '0.024', '--snap', '0.024', '--quiet', '--device', 'cpu']
+    one = sgxl(*common, '--outdir', str(tmp_path / 'one'))
+    two = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                            '-m', 'sgxl', *common, '--outdir', str(tmp_path / 'two')],
+                           env={**os.environ, 'OMP_NUM_THREADS': '1'}, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    assert one.wait(timeout=900) == 0, one.stdout.read()
+    assert two.wait(timeout=900) == 0, two.stdout.read()
+    (run1,), (run2,) = list((tmp_path / 'one').iterdir()), list((tmp_path / 'two').iterdir())
+    s1, m1 = load_checkpoint(latest_checkpoint(run1))
+    s2, m2 = load_checkpoint(latest_checkpoint(run2))
+    assert m1['step'] == m2['step'] == 3 and m2['world_size'] == 2
+    for net in ('G', 'D', 'G_ema'):
+        for k, v in s1['rung'][net].items():
+            assert torch.allclose(v.float(), s2['rung'][net][k].float(), rtol=1e-4, atol=1e-5), (net, k)
+
+
+def test_corrupted_checkpoint_is_a_clear_error_and_the_previous_is_intact(tmp_path, capsys):
+    assert train_main(['--cfg', 'A', *TINY, '--kimg', '0.016', '--snap', '0.008', '--outdir', str(tmp_path)]) == 0
+    run = next(tmp_path.iterdir())
+    previous, latest = list_checkpoints(run)[-2:]
+    tensors = latest.with_name(latest.name.replace('.json', '.safetensors'))
+    tensors.write_bytes(tensors.read_bytes()[:-100])                       # a truncated write
+    capsys.readouterr()
+    assert train_main(['--resume', str(run), '--quiet']) == 1
+    err = capsys.readouterr().err
+    assert 'corrupted' in err and previous.name in err                      # names the fix
+    state, meta = load_checkpoint(previous)                                 # untouched, loads
+    assert meta['step'] == 2
+    with pytest.raises(CheckpointError, match='corrupted'): load_checkpoint(latest)
+
+
+def test_guidance_lowers_the_classifier_loss_on_G_output(tmp_path):
+    "Rung F at 32x32 (stem at 32: one stage) with and without guidance; the same probe scores both generators."
+    from sgxl.guidance import make_classifier
+    import torch.nn.functional as F
+    losses = {}
+    for w in (0.0, 8.0):
+        cfg = make_config('F', 'tiny', data='shapes:num_images=400', batch=8, kimg=0.16, snap_kimg=0.16,
+                          stem_resolution=32, cls_weight=w)
+        t = Trainer(cfg, outdir=tmp_path / f'w{w}', progress=False)
+        t.run()
+        if w == 8.0: classifier = t.rung.classifier
+        losses[w] = t.rung.G
+    g = torch.Generator().manual_seed(0)
+    z, c = torch.randn(64, losses[0.0].z_dim, generator=g), torch.arange(64) % 10
+    with torch.no_grad():
+        ce = {w: F.cross_entropy(classifier(G(z, c)), c).item() for w, G in losses.items()}
+    assert ce[8.0] < ce[0.0] - 0.1, ce
