@@ -157,10 +157,6 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 # --- the command, end to end, from a checkpoint in the training loop's format -----------------------------
 
-needs_loader = pytest.mark.skipif(not hasattr(sgxl.training, 'load_generator'),
-                                  reason='needs sgxl.training.load_generator (arrives with the training loop)')
-
-
 def write_checkpoint(folder, cfg, seed=0):
     "A checkpoint as the training loop writes it: the rung's state (G and G_ema) and the config in the metadata."
     torch.manual_seed(seed)
@@ -185,7 +181,6 @@ def sgxl_cli(capsys, *args) -> tuple[int, str, str]:
     return rc, out.out, out.err
 
 
-@needs_loader
 def test_generate_cli_end_to_end(checkpoint, tmp_path, capsys):
     path, G = checkpoint
     out = tmp_path / 'out'
@@ -203,7 +198,6 @@ def test_generate_cli_end_to_end(checkpoint, tmp_path, capsys):
     assert record['settings']['trunc'] == 0.7 and record['network']['kimg'] == 0.008
 
 
-@needs_loader
 def test_generate_cli_sheet_and_gifs(checkpoint, tmp_path, capsys):
     path, _ = checkpoint
     rc, _, err = sgxl_cli(capsys, 'generate', '--network', path, '--classes', '0-4', '--per-class', '3',
@@ -218,7 +212,6 @@ def test_generate_cli_sheet_and_gifs(checkpoint, tmp_path, capsys):
         assert iio.imread(tmp_path / 'g' / f'interp-{kind}.gif').shape[0] == 3 + 1
 
 
-@needs_loader
 def test_generate_cli_bad_input(checkpoint, tmp_path, capsys):
     path, _ = checkpoint
     rc, _, err = sgxl_cli(capsys, 'generate', '--network', path, '--class', '12', '--outdir', tmp_path / 'o')
@@ -231,7 +224,6 @@ def test_generate_cli_bad_input(checkpoint, tmp_path, capsys):
     assert rc == 1 and "--translate '0.1'" in err
 
 
-@needs_loader
 def test_generate_console_script(checkpoint, tmp_path):
     "The installed entry point, as a user runs it."
     path, _ = checkpoint
@@ -240,3 +232,25 @@ def test_generate_console_script(checkpoint, tmp_path):
                        timeout=300, env={**os.environ, 'HF_HUB_OFFLINE': '1'})
     assert r.returncode == 0, r.stderr
     assert 'wrote 3 file(s)' in r.stdout and len(list(tmp_path.glob('seed000*-class*.png'))) == 2
+
+
+def test_commands_on_a_real_training_run(tmp_path, capsys):
+    "One step of the real training loop (rung C, tiny), then `sgxl generate` and `sgxl invert` on its run folder."
+    rc, _, err = sgxl_cli(capsys, 'train', '--cfg', 'C', '--preset', 'tiny', '--kimg', '0.008', '--data',
+                          'shapes:num_images=200', '--metrics', 'none', '--outdir', tmp_path / 'runs', '--quiet')
+    assert rc == 0, err
+    run = next((tmp_path / 'runs').iterdir())
+    rc, out, err = sgxl_cli(capsys, 'generate', '--network', run, '--seeds', '0-2', '--class', '4', '--outdir',
+                            tmp_path / 'gen', '--mean-samples', '100')
+    assert rc == 0 and 'wrote 4 file(s)' in out, err
+    G, meta = ex.load_network(run)
+    G = ex.sample_w_means(G, [4], num=100)
+    expected, _ = ex.generate(G, [1], classes=4)
+    got = np.asarray(Image.open(tmp_path / 'gen' / 'seed0001-class04.png')).astype(int)
+    assert np.abs(got - to_uint8(expected[0]).permute(1, 2, 0).numpy().astype(int)).max() <= 1
+    ex.save_image(expected[0], tmp_path / 'target.png')
+    rc, out, err = sgxl_cli(capsys, 'invert', '--network', run, '--target', tmp_path / 'target.png', '--class', '4',
+                            '--steps', '10', '--pti-steps', '3', '--outdir', tmp_path / 'inv')
+    assert rc == 0 and 'after PTI' in out, err
+    report = json.loads((tmp_path / 'inv' / 'inversion.json').read_text())
+    assert report['c'] == 4 and not report.get('inferred') and report['psnr_projection'] > report['psnr_start']

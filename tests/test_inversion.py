@@ -173,10 +173,6 @@ def test_class_edits(G):
 
 # --- the command, end to end ------------------------------------------------------------------------------
 
-needs_loader = pytest.mark.skipif(not hasattr(sgxl.training, 'load_generator'),
-                                  reason='needs sgxl.training.load_generator (arrives with the training loop)')
-
-
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
     "A tiny rung-C checkpoint in the training loop's format, its dataset a small built-in shapes set."
@@ -197,7 +193,6 @@ def run_invert(capsys, *args):
     return rc, out.out, out.err
 
 
-@needs_loader
 def test_invert_cli_end_to_end(checkpoint, shapes, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv('SGXL_CACHE_DIR', str(tmp_path / 'cache'))             # the probe is trained here, once
     path, G = checkpoint
@@ -220,7 +215,6 @@ def test_invert_cli_end_to_end(checkpoint, shapes, tmp_path, capsys, monkeypatch
     assert got == pytest.approx(report['psnr_projection'], abs=1e-2)         # the saved pivot is the projection
 
 
-@needs_loader
 def test_invert_cli_bad_input(checkpoint, shapes, tmp_path, capsys):
     path, _ = checkpoint
     good = save_png(shapes[0][0], tmp_path / 'ok.png')
