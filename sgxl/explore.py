@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +28,7 @@ _log = logging.getLogger(__name__)
 __all__ = ['load_network', 'parse_range', 'check_classes', 'z_from_seeds', 'sample_w', 'sample_w_means', 'class_mean_w', 'map_z',
            'content_transform', 'moved_input', 'synthesize', 'generate', 'truncation_sweep', 'class_sheet', 'slerp',
            'interpolate', 'upscale', 'save_image', 'write_animation', 'explore_view', 'explore_figure', 'explorer',
-           'generate_parser', 'generate_main']
+           'generate_parser', 'check_output_args', 'parse_generate_args', 'generate_main']
 
 # %% ../nbs/12_explore.ipynb #5e0dd799
 def load_network(path, device: str | torch.device | None = 'cpu', which: str = 'G_ema') -> tuple[nn.Module, dict]:
@@ -199,7 +200,8 @@ def _keyframes(G, seeds, classes, kind):
     seeds, classes = list(seeds), None if classes is None else list(parse_range(classes, 'classes'))
     if kind == 'class':
         check(G.c_dim > 0, "class interpolation needs a class-conditional network")
-        check(classes is not None and len(classes) >= 2, "class interpolation needs two or more classes")
+        check(classes is not None and len(classes) >= 2, "class interpolation needs two or more classes, e.g. "
+              "classes=[0, 3] (--classes 0,3)")
         seeds = seeds[:1] * len(classes)                                  # z fixed: the first seed
     check(len(seeds) >= 2, f"an interpolation needs two or more keyframes, got seeds {seeds}")
     z, drawn = z_from_seeds(G, seeds)
@@ -315,28 +317,48 @@ def explorer(G: nn.Module, max_seed: int = 1000):
 def generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='sgxl generate', formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Sample a trained generator: images per seed and a grid, class sheets, interpolation GIFs.',
+        description='Sample a trained generator. One kind of output per call, into --outdir:\n'
+                    '  default         one PNG per seed (seedSSSS-classCC.png) and grid.png\n'
+                    '  --classes       classes.png, a class sheet: a row per class, --per-class samples each\n'
+                    '  --interp        interp-z.gif / interp-w.gif / interp-class.gif: z and w paths through the\n'
+                    '                  seeds, the class path through --classes at the first seed\n'
+                    'and generate.json (settings and the network\'s metadata). Truncation pulls w toward the mean\n'
+                    'of w of its own class: w\' = w_c + psi (w - w_c).',
         epilog='examples:\n  sgxl generate --network runs/shapes --seeds 0-15 --class 3 --trunc 0.7 --outdir out\n'
                '  sgxl generate --network runs/shapes --classes 0-9 --per-class 8 --outdir out\n'
                '  sgxl generate --network runs/shapes --seeds 0-3 --class 2 --interp z,w --outdir out\n'
                '  sgxl generate --network runs/shapes --seeds 5 --classes 0-3 --interp class --outdir out')
-    p.add_argument('--network', required=True, help='run folder (best or latest checkpoint) or checkpoint file')
-    p.add_argument('--outdir', required=True, help='folder for the PNGs, GIFs and generate.json')
-    p.add_argument('--seeds', default='0-7', help="seeds, e.g. '0-15' or '1,4,7-9' (default: 0-7)")
-    p.add_argument('--class', dest='cls', type=int, help='class of every sample (default: drawn from each seed)')
-    p.add_argument('--classes', help="classes of a class sheet (rows) or of a class interpolation, e.g. '0-9'")
-    p.add_argument('--per-class', type=int, default=8, help='samples per class in the sheet (default: 8)')
-    p.add_argument('--trunc', type=float, default=1.0, help='truncation psi toward the class mean of w (default: 1)')
-    p.add_argument('--interp', help="comma-separated interpolation GIFs to write: z, w, class")
-    p.add_argument('--frames', type=int, default=24, help='frames per interpolation segment (default: 24)')
+    p.add_argument('--network', required=True, metavar='PATH',
+                   help='run folder (its best or latest checkpoint) or checkpoint file (ckpt-*.json)')
+    p.add_argument('--outdir', required=True, metavar='DIR', help='folder for the PNGs, GIFs and generate.json')
+    p.add_argument('--seeds', metavar='LIST', help="seeds, e.g. '0-15' or '1,4,7-9' (default: 0-7; for a class sheet "
+                   "0..per-class-1)")
+    p.add_argument('--class', dest='cls', type=int, metavar='K', help='class of every sample (default: drawn from '
+                   'each seed)')
+    p.add_argument('--classes', metavar='LIST', help="classes of a class sheet (its rows), of a class interpolation, "
+                   "or one per seed of a z/w interpolation, e.g. '0-9'")
+    p.add_argument('--per-class', type=int, default=8, metavar='N', help='samples per class in the sheet (default: 8)')
+    p.add_argument('--trunc', type=float, default=1.0, metavar='PSI',
+                   help='truncation psi toward the class mean of w: 1 none, 0 the mean itself (default: 1)')
+    p.add_argument('--interp', metavar='KINDS', help="interpolation GIFs to write, comma-separated: z, w, class")
+    p.add_argument('--frames', type=int, default=24, metavar='N', help='frames per interpolation segment (default: 24)')
     p.add_argument('--fps', type=float, default=12, help='GIF frame rate (default: 12)')
-    p.add_argument('--translate', default='0,0', help="move the Fourier input's content by 'x,y' image units")
-    p.add_argument('--rotate', type=float, default=0.0, help='rotate the content by this many degrees')
-    p.add_argument('--scale', type=int, default=1, help='enlarge PNGs and GIFs by this integer factor (default: 1)')
-    p.add_argument('--mean-samples', type=int, default=1000,
+    p.add_argument('--translate', default='0,0', metavar='X,Y',
+                   help="move the Fourier input's content by X,Y image units, e.g. 0.1,0 (default: 0,0)")
+    p.add_argument('--rotate', type=float, default=0.0, metavar='DEG', help='rotate the content by DEG degrees')
+    p.add_argument('--scale', type=int, default=1, metavar='N', help='enlarge PNGs and GIFs N times (default: 1)')
+    p.add_argument('--mean-samples', type=int, default=1000, metavar='N',
                    help='samples per class for the mean of w (default: 1000; 0: the means recorded in training)')
-    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N' (default: auto)")
     return p
+
+def check_output_args(args: argparse.Namespace) -> None:
+    "Checks shared by `sgxl generate` and `sgxl invert`, before any work: --scale, --device, --outdir."
+    check(args.scale >= 1, f"--scale {args.scale}: enlarge by a whole factor of 1 or more (1 keeps the network's size)")
+    check(re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', args.device) is not None,
+          f"--device {args.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N' (e.g. cuda:1)")
+    out = Path(args.outdir)
+    check(not out.exists() or out.is_dir(), f"--outdir {args.outdir!r} is a file: give a folder (created if missing)")
 
 def _translate(spec: str) -> tuple[float, float]:
     parts = spec.split(',')
@@ -345,40 +367,60 @@ def _translate(spec: str) -> tuple[float, float]:
     check(len(parts) == 2 and x is not None, f"--translate {spec!r}: write two numbers 'x,y' in image units, e.g. 0.1,0")
     return x, y
 
+def parse_generate_args(args: argparse.Namespace) -> argparse.Namespace:
+    "The options checked and parsed (seeds, classes, interp kinds, the move) before the network is loaded."
+    check_output_args(args)
+    kinds = [k.strip() for k in (args.interp or '').split(',') if k.strip()]
+    check(args.interp is None or (kinds and all(k in ('z', 'w', 'class') for k in kinds)),
+          f"--interp {args.interp!r}: write one or more of z, w, class, comma-separated, e.g. 'z,w'")
+    check(args.cls is None or args.classes is None, "give --class (one class for every sample) or --classes (the rows "
+          "of a class sheet, or interpolation keyframes), not both")
+    for flag, v in (('--per-class', args.per_class), ('--frames', args.frames)):
+        check(v >= 1, f"{flag} {v}: use 1 or more")
+    check(args.fps > 0, f"--fps {args.fps}: use a positive frame rate, e.g. 12")
+    check(args.mean_samples >= 0, f"--mean-samples {args.mean_samples}: use a positive number of samples per class, "
+          f"or 0 for the means recorded in training")
+    sheet = args.classes is not None and not kinds
+    seeds = parse_range(args.seeds or (f'0-{args.per_class - 1}' if sheet else '0-7'), '--seeds')
+    check(not sheet or len(seeds) >= args.per_class, f"--seeds {args.seeds!r} gives {len(seeds)} seed(s) for "
+          f"--per-class {args.per_class}: give at least {args.per_class} seeds, or a smaller --per-class")
+    classes = None if args.classes is None else parse_range(args.classes, '--classes')
+    check('class' not in kinds or len(classes or []) >= 2, "--interp class runs through two or more classes: give "
+          "them with --classes, e.g. --classes 0,3")
+    check(classes is None or not {'z', 'w'} & set(kinds) or len(classes) in (1, len(seeds)),
+          f"--classes gives {len(classes or [])} classes for {len(seeds)} seeds: a z or w interpolation takes one "
+          f"class per seed (or use --class for all)")
+    return argparse.Namespace(seeds=seeds, classes=classes, kinds=kinds,
+                              move=dict(translate=_translate(args.translate), angle=args.rotate))
+
 # %% ../nbs/12_explore.ipynb #98c87f06
-def _classes_used(G, args, seeds: list[int], classes: list[int] | None) -> list[int] | None:
+def _classes_used(G, args, o: argparse.Namespace) -> list[int] | None:
     "Every class the command will render (checked against G), or None for an unconditional G."
     if not G.c_dim:
-        check(args.cls is None and classes is None, "this network is unconditional (no classes): drop --class / --classes")
+        check(args.cls is None and o.classes is None, "this network is unconditional (no classes): drop --class / --classes")
         return None
-    used = set(classes or []) | ({args.cls} if args.cls is not None else set())
-    if args.cls is None and classes is None: used |= set(z_from_seeds(G, seeds)[1].tolist())   # drawn per seed
+    used = set(o.classes or []) | ({args.cls} if args.cls is not None else set())
+    if args.cls is None and o.classes is None: used |= set(z_from_seeds(G, o.seeds)[1].tolist())   # drawn per seed
     check_classes(G, sorted(used))
     return sorted(used)
 
 def _write_outputs(G, args, outdir: Path) -> list[str]:
     "What `args` asks for, into `outdir`: GIFs if --interp, else a class sheet if --classes, else images per seed."
-    seeds = parse_range(args.seeds, 'seeds')
-    classes = None if args.classes is None else parse_range(args.classes, 'classes')
-    kinds = [k.strip() for k in (args.interp or '').split(',') if k.strip()]
-    check(all(k in ('z', 'w', 'class') for k in kinds), f"--interp {args.interp!r}: choose from z, w, class")
-    check(args.per_class >= 1 and args.frames >= 1, '--per-class and --frames must be at least 1')
-    move, scale = dict(translate=_translate(args.translate), angle=args.rotate), args.scale
-    used = _classes_used(G, args, seeds, classes)
+    o = parse_generate_args(args)
+    scale, used = args.scale, _classes_used(G, args, o)
     if args.mean_samples > 0: sample_w_means(G, used, num=args.mean_samples)
-    if kinds:
-        for kind in kinds:                                                 # z, w: through the seeds; class: the classes
-            cls = classes if kind == 'class' or classes is not None else args.cls
-            with moved_input(G, **move): frames = interpolate(G, kind, seeds, cls, args.frames, args.trunc)
+    if o.kinds:
+        for kind in o.kinds:                                               # z, w: through the seeds; class: the classes
+            cls = o.classes if o.classes is not None else args.cls
+            with moved_input(G, **o.move): frames = interpolate(G, kind, o.seeds, cls, args.frames, args.trunc)
             write_animation(frames, outdir / f'interp-{kind}.gif', args.fps, scale)
-        return [f'interp-{k}.gif' for k in kinds]
-    if classes is not None:                                                # a class sheet: a row per class
-        with moved_input(G, **move):
-            sheet = class_sheet(G, classes, args.per_class, args.trunc, seeds if len(seeds) >= args.per_class else None)
+        return [f'interp-{k}.gif' for k in o.kinds]
+    if o.classes is not None:                                              # a class sheet: a row per class
+        with moved_input(G, **o.move): sheet = class_sheet(G, o.classes, args.per_class, args.trunc, o.seeds)
         save_image_grid(upscale(sheet, scale), outdir / 'classes.png', nrow=args.per_class)
         return ['classes.png']
-    imgs, c = generate(G, seeds, args.cls, args.trunc, **move)
-    names = [f'seed{s:04d}' + ('' if c is None else f'-class{int(c[i]):02d}') + '.png' for i, s in enumerate(seeds)]
+    imgs, c = generate(G, o.seeds, args.cls, args.trunc, **o.move)
+    names = [f'seed{s:04d}' + ('' if c is None else f'-class{int(c[i]):02d}') + '.png' for i, s in enumerate(o.seeds)]
     for img, name in zip(imgs, names): save_image(upscale(img[None], scale)[0], outdir / name)
     save_image_grid(upscale(imgs, scale), outdir / 'grid.png')
     return names + ['grid.png']
@@ -388,7 +430,9 @@ def generate_main(argv: Sequence[str] | None = None) -> int:
     args = generate_parser().parse_args(argv)
     outdir = Path(args.outdir)
     try:
+        o = parse_generate_args(args)                                      # bad options: before the network loads
         G, meta = load_network(args.network, args.device)
+        _classes_used(G, args, o)                                          # bad classes: before anything is written
         outdir.mkdir(parents=True, exist_ok=True)
         written = _write_outputs(G, args, outdir)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import LITE0, Config, atomic_write, check, get_device, save_image_grid, show_images
-from .explore import (check_classes, class_mean_w, load_network, map_z, parse_range, sample_w, sample_w_means,
-                          save_image, synthesize, upscale, z_from_seeds)
+from .explore import (check_classes, check_output_args, class_mean_w, load_network, map_z, parse_range, sample_w,
+                          sample_w_means, save_image, synthesize, upscale, z_from_seeds)
 from .features import FeatureNetwork
 
 _log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ __all__ = ['load_target', 'as_target', 'reconstruction_psnr', 'PerceptualDistanc
            'noise_strength', 'w_statistics', 'Projection', 'resolve_class', 'project', 'PivotalTuning',
            'locality_points', 'pivot_loss', 'pivotal_tuning', 'Inversion', 'invert', 'class_direction', 'edit_ws',
            'class_swap', 'AttributeDirection', 'fisher_direction', 'labelled_samples', 'attribute_direction',
-           'edit_grid', 'edit_figure', 'invert_parser', 'network_config', 'guidance_classifier_for', 'invert_main']
+           'edit_grid', 'edit_figure', 'invert_parser', 'parse_invert_args', 'check_invert_classes', 'network_config',
+           'guidance_classifier_for', 'invert_main']
 
 # %% ../nbs/13_inversion.ipynb #ad6127ef
 def load_target(path, resolution: int, resize: bool = False) -> torch.Tensor:
@@ -342,27 +343,55 @@ def edit_figure(G: nn.Module, ws: torch.Tensor, directions: Sequence[torch.Tenso
 def invert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='sgxl invert', formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Invert an image into a trained generator: projection into W (from the class mean; the class '
-                    'given or inferred by the guidance classifier), then pivotal tuning (PTI). Reports PSNR.',
-        epilog='example:\n  sgxl invert --network runs/shapes --target cat.png --steps 200 --pti-steps 100 --outdir out')
-    p.add_argument('--network', required=True, help='run folder (best or latest checkpoint) or checkpoint file')
-    p.add_argument('--target', required=True, help='image to invert, the size of the network\'s images (or --resize)')
-    p.add_argument('--outdir', required=True, help='folder for the images, the pivot and inversion.json')
-    p.add_argument('--class', dest='cls', type=int, help='class of the target (default: inferred by the guidance classifier)')
-    p.add_argument('--steps', type=int, default=200, help='projection steps (default: 200)')
-    p.add_argument('--pti-steps', type=int, default=100, help='pivotal tuning steps (default: 100; 0 skips PTI)')
+        description='Invert an image into a trained generator: project it into W (Adam on w from the mean of w of its\n'
+                    'class; the class given with --class or inferred by the guidance classifier of the network\'s\n'
+                    'dataset), then pivotal tuning (PTI: fine-tune G around that w). Prints the PSNR at the class\n'
+                    'mean, after projection and after PTI, and writes into --outdir: target.png, projected.png,\n'
+                    'pti.png, compare.png (the three side by side), pivot.safetensors (ws and class),\n'
+                    'inversion.json (PSNRs, class, settings) and, with --edit-classes, edit.png.',
+        epilog='examples:\n  sgxl invert --network runs/shapes --target cat.png --steps 200 --pti-steps 100 --outdir out\n'
+               '  sgxl invert --network runs/shapes --target photo.jpg --resize --class 3 --edit-classes 2,5 --outdir out')
+    p.add_argument('--network', required=True, metavar='PATH',
+                   help='run folder (its best or latest checkpoint) or checkpoint file (ckpt-*.json)')
+    p.add_argument('--target', required=True, metavar='IMAGE',
+                   help="PNG or JPEG to invert, the size of the network's images (or use --resize)")
+    p.add_argument('--outdir', required=True, metavar='DIR', help='folder for the images, the pivot and inversion.json')
+    p.add_argument('--class', dest='cls', type=int, metavar='K',
+                   help='class of the target (default: inferred by the guidance classifier)')
+    p.add_argument('--steps', type=int, default=200, metavar='N', help='projection steps (default: 200)')
+    p.add_argument('--pti-steps', type=int, default=100, metavar='N', help='pivotal tuning steps (default: 100; 0 skips PTI)')
     p.add_argument('--lr', type=float, default=0.1, help='projection learning rate (default: 0.1)')
-    p.add_argument('--pti-lr', type=float, help='PTI learning rate (default: 3e-4, PTI\'s; 5e-3 for a tiny network)')
-    p.add_argument('--pixel-weight', type=float, default=1.0, help='weight of the pixel MSE in projection (default: 1)')
-    p.add_argument('--locality-weight', type=float, default=0.1, help='PTI locality regulariser weight (default: 0.1)')
+    p.add_argument('--pti-lr', type=float, help="PTI learning rate (default: 3e-4, PTI's; 5e-3 for a tiny network)")
+    p.add_argument('--pixel-weight', type=float, default=1.0, metavar='W',
+                   help='weight of the pixel MSE next to the perceptual loss in projection (default: 1)')
+    p.add_argument('--locality-weight', type=float, default=0.1, metavar='W',
+                   help='weight of the PTI locality regulariser, 0 switches it off (default: 0.1)')
     p.add_argument('--space', choices=('w', 'w+'), default='w', help="'w': one w for all layers (default), 'w+': one per layer")
     p.add_argument('--resize', action='store_true', help='centre-crop and resize a target of another size')
-    p.add_argument('--data', help="dataset for the guidance classifier (default: the network's training data)")
-    p.add_argument('--edit-classes', help="write edit.png moving the pivot toward these classes, e.g. '2,5'")
-    p.add_argument('--scale', type=int, default=4, help='enlarge the written PNGs by this factor (default: 4)')
+    p.add_argument('--data', metavar='DATASET', help="dataset for the guidance classifier (default: the network's training data)")
+    p.add_argument('--edit-classes', metavar='LIST', help="also write edit.png: the pivot moved toward these classes, e.g. '2,5'")
+    p.add_argument('--scale', type=int, default=4, metavar='N', help='enlarge the written PNGs N times (default: 4)')
     p.add_argument('--seed', type=int, default=0, help='seed of the noise and of the samples used (default: 0)')
-    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N' (default: auto)")
     return p
+
+def parse_invert_args(args: argparse.Namespace) -> list[int] | None:
+    "Check the options before any work; returns the --edit-classes (or None)."
+    check_output_args(args)
+    check(args.steps >= 1, f"--steps {args.steps}: projection needs at least 1 step (default 200)")
+    check(args.pti_steps >= 0, f"--pti-steps {args.pti_steps}: use 0 (no tuning) or more (default 100)")
+    for flag, v in (('--lr', args.lr), ('--pti-lr', args.pti_lr)):
+        check(v is None or v > 0, f"{flag} {v}: a learning rate must be positive")
+    for flag, v in (('--pixel-weight', args.pixel_weight), ('--locality-weight', args.locality_weight)):
+        check(v >= 0, f"{flag} {v}: a loss weight must be 0 or more")
+    return None if args.edit_classes is None else parse_range(args.edit_classes, '--edit-classes')
+
+def check_invert_classes(G: nn.Module, args: argparse.Namespace, edit: list[int] | None) -> None:
+    "--class and --edit-classes against the network, before the (long) inversion."
+    if args.cls is not None: resolve_class(G, None, args.cls, None)
+    if edit is not None:
+        check(G.c_dim > 0, 'this network is unconditional (no classes): drop --edit-classes')
+        check_classes(G, edit)
 
 def network_config(meta: dict) -> Config | None:
     "The config stored in a checkpoint's metadata, or None."
@@ -392,7 +421,6 @@ def _save_outputs(outdir: Path, target, inv: Inversion, G, args, scale: int) -> 
     save_file(tensors, str(outdir / 'pivot.safetensors'))
     written = [f'{n}.png' for n in images] + ['compare.png', 'pivot.safetensors']
     if args.edit_classes:
-        check(G.c_dim > 0, '--edit-classes needs a class-conditional network')
         ks = check_classes(G, parse_range(args.edit_classes, '--edit-classes')).tolist()
         sample_w_means(G, [inv.c, *ks])                                    # exact means of this network
         dirs = [class_direction(G, inv.c, k) for k in ks]
@@ -405,9 +433,11 @@ def invert_main(argv: Sequence[str] | None = None) -> int:
     args = invert_parser().parse_args(argv)
     outdir = Path(args.outdir)
     try:
+        edit = parse_invert_args(args)                                      # bad options: before the network loads
         G, meta = load_network(args.network, args.device)
         dev = next(G.parameters()).device
         target = load_target(args.target, G.img_resolution, args.resize)
+        check_invert_classes(G, args, edit)                                 # bad classes: before the inversion
         cfg = network_config(meta)
         classifier = None
         if G.c_dim and args.cls is None: classifier = guidance_classifier_for(G, meta, args.data, dev)

@@ -224,6 +224,46 @@ def test_generate_cli_bad_input(checkpoint, tmp_path, capsys):
     assert rc == 1 and "--translate '0.1'" in err
 
 
+@pytest.mark.parametrize('args, message', [
+    (['--seeds', 'abc'], "--seeds 'abc': write non-negative integers"),
+    (['--seeds', '3-1'], 'runs backwards'),
+    (['--class', '3', '--classes', '1,2'], 'give --class (one class for every sample) or --classes'),
+    (['--classes', '1,2', '--seeds', '0-2'], "--seeds '0-2' gives 3 seed(s) for --per-class 8"),
+    (['--interp', 'zz'], "--interp 'zz': write one or more of z, w, class"),
+    (['--interp', 'class', '--class', '2'], '--interp class runs through two or more classes'),
+    (['--interp', 'w', '--classes', '1,2'], '--classes gives 2 classes for 8 seeds'),
+    (['--per-class', '0', '--classes', '1'], '--per-class 0: use 1 or more'),
+    (['--fps', '0', '--interp', 'z'], '--fps 0.0: use a positive frame rate'),
+    (['--scale', '0'], '--scale 0: enlarge by a whole factor'),
+    (['--mean-samples', '-5'], '--mean-samples -5'),
+    (['--translate', '0.1'], "--translate '0.1': write two numbers"),
+    (['--device', 'gpu'], "--device 'gpu': use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+])
+def test_generate_cli_bad_options_fail_before_loading(args, message, tmp_path, capsys):
+    "Each bad option is named with its fix, before the (here missing) network is even looked for; nothing is written."
+    rc, _, err = sgxl_cli(capsys, 'generate', '--network', tmp_path / 'missing', '--outdir', tmp_path / 'o', *args)
+    assert rc == 1 and message in err and 'no network' not in err, err
+    assert not (tmp_path / 'o').exists()
+
+
+def test_generate_cli_bad_classes_write_nothing(checkpoint, tmp_path, capsys):
+    path, _ = checkpoint
+    (tmp_path / 'file').write_text('')
+    rc, _, err = sgxl_cli(capsys, 'generate', '--network', path, '--outdir', tmp_path / 'file')
+    assert rc == 1 and "is a file: give a folder" in err
+    rc, _, err = sgxl_cli(capsys, 'generate', '--network', path, '--classes', '1,20', '--outdir', tmp_path / 'o')
+    assert rc == 1 and 'class 20 is out of range: this network has 10 classes, 0..9' in err
+    assert not (tmp_path / 'o').exists()
+
+
+def test_generate_help_explains_the_outputs(capsys):
+    with pytest.raises(SystemExit):
+        sgxl_cli(capsys, 'generate', '--help')
+    text = capsys.readouterr().out
+    for expected in ('grid.png', 'classes.png', 'interp-z.gif', 'generate.json', '--trunc PSI', "'0-15'", 'examples:'):
+        assert expected in text, expected
+
+
 def test_generate_console_script(checkpoint, tmp_path):
     "The installed entry point, as a user runs it."
     path, _ = checkpoint

@@ -228,3 +228,48 @@ def test_invert_cli_bad_input(checkpoint, shapes, tmp_path, capsys):
     rc, _, err = run_invert(capsys, '--network', path, '--target', tmp_path / 'none.png', '--outdir', tmp_path / 'o')
     assert rc == 1 and 'no target image' in err
     assert not (tmp_path / 'o').exists()                                      # nothing written on errors
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--steps', '0'], '--steps 0: projection needs at least 1 step'),
+    (['--pti-steps', '-1'], '--pti-steps -1: use 0 (no tuning) or more'),
+    (['--lr', '-1'], '--lr -1.0: a learning rate must be positive'),
+    (['--pti-lr', '0'], '--pti-lr 0.0: a learning rate must be positive'),
+    (['--locality-weight', '-0.1'], '--locality-weight -0.1: a loss weight must be 0 or more'),
+    (['--edit-classes', 'x'], "--edit-classes 'x': write non-negative integers"),
+    (['--scale', '0'], '--scale 0'),
+    (['--device', 'gpu'], "--device 'gpu'"),
+])
+def test_invert_cli_bad_options_fail_before_loading(args, message, tmp_path, capsys):
+    rc, _, err = run_invert(capsys, '--network', tmp_path / 'missing', '--target', tmp_path / 't.png', '--outdir',
+                            tmp_path / 'o', *args)
+    assert rc == 1 and message in err and 'no network' not in err, err
+    assert not (tmp_path / 'o').exists()
+
+
+def test_invert_cli_bad_classes_fail_before_the_inversion(checkpoint, shapes, tmp_path, capsys, monkeypatch):
+    "Classes are checked against the network before any optimisation (project is never reached)."
+    path, _ = checkpoint
+    good = save_png(shapes[0][0], tmp_path / 'ok.png')
+    monkeypatch.setattr(inv, 'project', lambda *a, **k: pytest.fail('the inversion ran before the classes were checked'))
+    rc, _, err = run_invert(capsys, '--network', path, '--target', good, '--class', '1', '--edit-classes', '3,12',
+                            '--outdir', tmp_path / 'o')
+    assert rc == 1 and 'class 12 is out of range: this network has 10 classes, 0..9' in err
+    unc = make_config('B', 'tiny')
+    G = Generator.from_config(unc)
+    (tmp_path / 'unc').mkdir()
+    p2 = sgxl.training.save_checkpoint(tmp_path / 'unc' / 'ckpt-000000001', {'rung': {'G': G.state_dict(),
+                                       'G_ema': G.state_dict()}}, {'config': unc.to_dict(), 'step': 1})
+    rc, _, err = run_invert(capsys, '--network', p2, '--target', good, '--edit-classes', '1', '--outdir', tmp_path / 'o')
+    assert rc == 1 and 'unconditional (no classes): drop --edit-classes' in err
+    rc, _, err = run_invert(capsys, '--network', p2, '--target', good, '--class', '1', '--outdir', tmp_path / 'o')
+    assert rc == 1 and 'unconditional (no classes): do not give a class' in err
+    assert not (tmp_path / 'o').exists()
+
+
+def test_invert_help_explains_the_outputs(capsys):
+    with pytest.raises(SystemExit):
+        inv.invert_main(['--help'])
+    text = capsys.readouterr().out
+    for expected in ('pivot.safetensors', 'inversion.json', 'PSNR', '--pti-steps N', '--resize', 'examples:'):
+        assert expected in text, expected
