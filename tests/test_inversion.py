@@ -80,7 +80,7 @@ def test_perceptual_distance(percep, shapes):
 
 def test_projection_reaches_high_psnr_in_range(G, percep):
     target, _ = ex.generate(G, [11], classes=4, psi=0.8)
-    p = inv.project(G, target, 4, perceptual=percep, steps=60, lr=0.2, log_every=20)
+    p = inv.project(G, target, 4, perceptual=percep, steps=30, log_every=10)
     assert p.c == 4 and p.ws.shape == (1, G.num_ws, G.w_dim)
     assert torch.allclose(p.ws[:, 0:1], p.ws)                                # space 'w': one w for all layers
     assert p.psnr > 30 and p.psnr > p.psnr_start + 8, (p.psnr_start, p.psnr)
@@ -98,9 +98,9 @@ def test_projection_starts_at_the_class_mean(G, percep):
     assert torch.allclose(p.ws[0, 0], mean7, atol=1e-4)
 
 
-def test_class_is_inferred_by_the_guidance_probe(G, percep, shapes, tmp_path_factory):
+def test_class_is_inferred_by_the_guidance_probe(G, percep, shapes):
     from sgxl.guidance import probe_classifier
-    clf = probe_classifier(shapes, resolution=64, cache_dir=tmp_path_factory.mktemp('probe'))
+    clf = probe_classifier(shapes, resolution=64)                           # cached for the session (conftest)
     for i in range(6):
         c, probs = inv.infer_class(clf, inv.as_target(shapes[i][0], 32), 10)
         assert c == shapes.labels[i] and probs.sum() == pytest.approx(1, abs=1e-5)
@@ -109,7 +109,7 @@ def test_class_is_inferred_by_the_guidance_probe(G, percep, shapes, tmp_path_fac
 def test_pti_raises_psnr_outside_the_range_and_leaves_G_alone(G, percep, shapes):
     real = inv.as_target(shapes[3][0], 32)
     before = {k: v.clone() for k, v in G.state_dict().items()}
-    result = inv.invert(G, real, int(shapes.labels[3]), perceptual=percep, steps=30, pti_steps=20,
+    result = inv.invert(G, real, int(shapes.labels[3]), perceptual=percep, steps=20, pti_steps=10,
                         projection=dict(lr=0.2), tuning=dict(lr=5e-3, locality_batch=1))
     r = result.report()
     assert r['psnr_pti'] > r['psnr_projection'] + 1.5 and r['psnr_projection'] > r['psnr_start'], r
@@ -144,15 +144,14 @@ def test_fisher_direction_recovers_a_planted_direction():
         inv.attribute_direction(w, scores[:10])
 
 
-def test_attribute_direction_on_generated_images(G):
-    w, x = inv.labelled_samples(G, num=192, classes=2)
-    bright = lambda im: im.mean((1, 2, 3))
-    a = inv.attribute_direction(w, bright(x))
-    assert a.accuracy > 0.6                                                  # chance: 0.5
-    z, _ = ex.z_from_seeds(G, range(900, 916))
-    moved = inv.edit_ws(ex.map_z(G, z, torch.full((16,), 2)), a.direction * a.std, [-2, 2])
-    sc = bright(ex.synthesize(G, moved)).reshape(16, 2)
-    assert sc[:, 1].mean() > sc[:, 0].mean()
+def test_labelled_samples_are_the_seeded_samples(G):
+    """The labelled w and images are the samples `generate` makes (so scores belong to their w). The direction found on
+    them (held-out accuracy, edits raising the score) is checked in 13_inversion on 192 samples."""
+    w, x = inv.labelled_samples(G, num=4, classes=2, seed=1)
+    imgs, _ = ex.generate(G, range(100003, 100007), classes=2)
+    z, _ = ex.z_from_seeds(G, range(100003, 100007))
+    assert w.shape == (4, G.w_dim) and torch.allclose(w, ex.map_z(G, z, torch.full((4,), 2))[:, 0], atol=1e-6)
+    assert torch.allclose(x, imgs, atol=1e-5)
 
 
 def test_class_edits(G):
@@ -193,12 +192,11 @@ def run_invert(capsys, *args):
     return rc, out.out, out.err
 
 
-def test_invert_cli_end_to_end(checkpoint, shapes, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv('SGXL_CACHE_DIR', str(tmp_path / 'cache'))             # the probe is trained here, once
+def test_invert_cli_end_to_end(checkpoint, shapes, tmp_path, capsys):
     path, G = checkpoint
     target = save_png(shapes[5][0], tmp_path / 'target.png')
     out = tmp_path / 'out'
-    rc, stdout, err = run_invert(capsys, '--network', path, '--target', target, '--steps', '20', '--pti-steps', '10',
+    rc, stdout, err = run_invert(capsys, '--network', path, '--target', target, '--steps', '10', '--pti-steps', '5',
                                  '--edit-classes', '1,2', '--outdir', out, '--scale', '2')
     assert rc == 0, err
     report = json.loads((out / 'inversion.json').read_text())
