@@ -454,7 +454,8 @@ def invert_main(argv: Sequence[str] | None = None) -> int:
         return 1
     report = dict(inv.report(), settings=dict(vars(args), pti_lr=pti_lr), files=written)
     atomic_write(outdir / 'inversion.json', json.dumps(report, indent=2, default=str) + '\n')
-    how = 'inferred' if report.get('inferred') else 'given'
-    print(f"class {inv.c} ({how}); PSNR {report['psnr_start']:.2f} dB at the class mean, {report['psnr_projection']:.2f} "
-          f"dB after projection, {report['psnr_pti']:.2f} dB after PTI; wrote {outdir}")
+    if inv.c is None: cls, start = 'unconditional network', 'the mean of w'
+    else: cls, start = f"class {inv.c} ({'inferred' if report.get('inferred') else 'given'})", 'the class mean'
+    print(f"{cls}; PSNR {report['psnr_start']:.2f} dB at {start}, {report['psnr_projection']:.2f} dB after projection, "
+          f"{report['psnr_pti']:.2f} dB after PTI; wrote {outdir}")
     return 0

@@ -196,6 +196,13 @@ def test_generate_cli_end_to_end(checkpoint, tmp_path, capsys):
         assert np.abs(got - to_uint8(img).permute(1, 2, 0).numpy().astype(int)).max() <= 1
     record = json.loads((out / 'generate.json').read_text())
     assert record['settings']['trunc'] == 0.7 and record['network']['kimg'] == 0.008
+    rc, _, err = sgxl_cli(capsys, 'generate', '--network', path.parent, '--seeds', '2', '--class', '3', '--rotate', '90',
+                          '--trunc', '0.7', '--outdir', tmp_path / 'rot', '--mean-samples', '200')
+    assert rc == 0, err
+    turned, _ = ex.generate(G, [2], classes=3, psi=0.7, angle=90)
+    got = np.asarray(Image.open(tmp_path / 'rot' / 'seed0002-class03.png')).astype(int)
+    assert np.abs(got - to_uint8(turned[0]).permute(1, 2, 0).numpy().astype(int)).max() <= 1     # --rotate is applied
+    assert np.abs(got - to_uint8(expected[2]).permute(1, 2, 0).numpy().astype(int)).mean() > 2
 
 
 def test_generate_cli_sheet_and_gifs(checkpoint, tmp_path, capsys):

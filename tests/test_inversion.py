@@ -245,7 +245,29 @@ def test_invert_cli_bad_options_fail_before_loading(args, message, tmp_path, cap
     assert not (tmp_path / 'o').exists()
 
 
-def test_invert_cli_bad_classes_fail_before_the_inversion(checkpoint, shapes, tmp_path, capsys, monkeypatch):
+@pytest.fixture(scope='module')
+def uncond_checkpoint(tmp_path_factory):
+    "A tiny unconditional (rung B) checkpoint."
+    cfg = make_config('B', 'tiny')
+    torch.manual_seed(2)
+    G = Generator.from_config(cfg).eval().requires_grad_(False)
+    sd = G.state_dict()
+    return sgxl.training.save_checkpoint(tmp_path_factory.mktemp('unc') / 'ckpt-000000001',
+                                         {'rung': {'G': sd, 'G_ema': sd}}, {'config': cfg.to_dict(), 'step': 1})
+
+
+def test_invert_cli_unconditional(uncond_checkpoint, shapes, tmp_path, capsys):
+    "No class to give or infer: projection starts at the global mean of w."
+    good = save_png(shapes[0][0], tmp_path / 'ok.png')
+    rc, out, err = run_invert(capsys, '--network', uncond_checkpoint, '--target', good, '--steps', '3', '--pti-steps',
+                              '1', '--outdir', tmp_path / 'o')
+    assert rc == 0 and 'unconditional network; PSNR' in out and 'at the mean of w' in out, err
+    report = json.loads((tmp_path / 'o' / 'inversion.json').read_text())
+    assert report['c'] is None and 'inferred' not in report
+
+
+def test_invert_cli_bad_classes_fail_before_the_inversion(checkpoint, uncond_checkpoint, shapes, tmp_path, capsys,
+                                                          monkeypatch):
     "Classes are checked against the network before any optimisation (project is never reached)."
     path, _ = checkpoint
     good = save_png(shapes[0][0], tmp_path / 'ok.png')
@@ -253,11 +275,7 @@ def test_invert_cli_bad_classes_fail_before_the_inversion(checkpoint, shapes, tm
     rc, _, err = run_invert(capsys, '--network', path, '--target', good, '--class', '1', '--edit-classes', '3,12',
                             '--outdir', tmp_path / 'o')
     assert rc == 1 and 'class 12 is out of range: this network has 10 classes, 0..9' in err
-    unc = make_config('B', 'tiny')
-    G = Generator.from_config(unc)
-    (tmp_path / 'unc').mkdir()
-    p2 = sgxl.training.save_checkpoint(tmp_path / 'unc' / 'ckpt-000000001', {'rung': {'G': G.state_dict(),
-                                       'G_ema': G.state_dict()}}, {'config': unc.to_dict(), 'step': 1})
+    p2 = uncond_checkpoint
     rc, _, err = run_invert(capsys, '--network', p2, '--target', good, '--edit-classes', '1', '--outdir', tmp_path / 'o')
     assert rc == 1 and 'unconditional (no classes): drop --edit-classes' in err
     rc, _, err = run_invert(capsys, '--network', p2, '--target', good, '--class', '1', '--outdir', tmp_path / 'o')
