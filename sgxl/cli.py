@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'embeddings': ('sgxl.embeddings:embeddings_main', 'compute (and cache) the pretrained class embeddings of a dataset (rung C)'),
     'train': ('sgxl.training:train_main', 'train a rung A..F (no arguments: the CPU demo, rung F on shapes)'),
     'metrics': ('sgxl.metrics:metrics_main', 'evaluate a trained generator: FID, sFID, rFID, IS, KID, precision/recall, EQ-T/EQ-R'),
+    'ablate': ('sgxl.ablation:ablate_main', 'train rungs A..F side by side with the same budget and tabulate their metrics'),
 }
 
 def build_parser() -> argparse.ArgumentParser:
