@@ -328,7 +328,7 @@ def plot_curves(curves: dict[str, list[dict]], keys: Sequence[str], names: Seque
         ax.set_title(metric_label(key, names), fontsize=9); ax.set_xlabel('kimg', fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axs[len(keys):]: ax.axis('off')                                  # unused panels
-    axs[0].legend(fontsize=7)
+    fig.legend(*axs[0].get_legend_handles_labels(), loc='outside right upper', fontsize=8)
     if path is not None: fig.savefig(path, dpi=100)
     return fig
 
