@@ -128,7 +128,8 @@ def test_table_matches_lite0_one_image_at_a_time(lite0_64):
     y = ds.labels.tolist()
     expected = torch.stack([torch.stack([v for v, c in zip(per_image, y) if c == k]).mean(0) for k in range(10)])
     assert table.shape == (10, 320)
-    assert torch.allclose(table, expected, atol=1e-5), (table - expected).abs().max()
+    # batched and one-at-a-time convolutions round differently (~1e-5 at magnitudes ~3); a wrong mean is off by >0.1
+    assert torch.allclose(table, expected, rtol=1e-4, atol=1e-4), (table - expected).abs().max()
     assert lite0_64.channels[3] == 320 and lite0_64.strides[3] == 32      # the lowest-resolution block
 
 

@@ -368,7 +368,7 @@ def test_fid_stalled():
 
 
 def test_stage_policy_on_a_fid_sequence():
-    policy = StagePolicy.from_config(TINY3.replace(stage_patience=2))
+    policy = StagePolicy.from_config(TINY3.replace(stage_patience=2, stage_kimg=0.0))   # grow on FID, not a budget
     assert policy.num_stages == 3 and policy.stage_kimg == 0 and policy.patience == 2
     fids = [50.0, 40.0, 35.0, 36.0, 35.5,       # stem: best 35 at 30 kimg, stalls at 50
             70.0, 60.0, 61.0, 59.0, 59.5, 60.0,  # stage 1: compared only with itself; 59 at 90, stalls at 110

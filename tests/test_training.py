@@ -47,7 +47,7 @@ def test_every_rung_trains_through_sgxl_train(cfg, tmp_path, capsys):
 
 
 def test_sigkill_then_resume_continues_bit_for_bit(tmp_path):
-    args = ['--cfg', 'A', *TINY, '--kimg', '0.048', '--snap', '0.008', '--seed', '3']
+    args = ['--cfg', 'A', *TINY, '--kimg', '0.032', '--snap', '0.008', '--seed', '3']
     whole = sgxl('train', *args, '--outdir', str(tmp_path / 'whole'))
     killed = sgxl('train', *args, '--outdir', str(tmp_path / 'killed'))
     deadline = time.time() + 600
@@ -63,7 +63,7 @@ def test_sigkill_then_resume_continues_bit_for_bit(tmp_path):
     assert resumed.wait(timeout=900) == 0, resumed.stdout.read()
     assert whole.wait(timeout=900) == 0, whole.stdout.read()
     a, b = rows(next((tmp_path / 'whole').iterdir())), rows(run)
-    assert [r['step'] for r in a] == [r['step'] for r in b] == list(range(1, 13))
+    assert [r['step'] for r in a] == [r['step'] for r in b] == list(range(1, 9))
     assert a == b                                                           # every loss, to the last bit
 
 
@@ -103,12 +103,13 @@ def test_corrupted_checkpoint_is_a_clear_error_and_the_previous_is_intact(tmp_pa
 
 
 def test_guidance_lowers_the_classifier_loss_on_G_output(tmp_path):
-    "Rung F at 32x32 (stem at 32: one stage) with and without guidance; the same probe scores both generators."
+    """Rung F at 32x32 (stem at 32: one stage), 10 steps with and without guidance; the same probe scores both
+    generators on the same latents and classes. (Measured: cross-entropy about 6.5 without, 5.6 with.)"""
     from sgxl.guidance import make_classifier
     import torch.nn.functional as F
     losses = {}
     for w in (0.0, 8.0):
-        cfg = make_config('F', 'tiny', data='shapes:num_images=400', batch=8, kimg=0.16, snap_kimg=0.16,
+        cfg = make_config('F', 'tiny', data='shapes:num_images=400', batch=8, kimg=0.08, snap_kimg=0.08,
                           stem_resolution=32, cls_weight=w)
         t = Trainer(cfg, outdir=tmp_path / f'w{w}', progress=False)
         t.run()
@@ -119,3 +120,19 @@ def test_guidance_lowers_the_classifier_loss_on_G_output(tmp_path):
     with torch.no_grad():
         ce = {w: F.cross_entropy(classifier(G(z, c)), c).item() for w, G in losses.items()}
     assert ce[8.0] < ce[0.0] - 0.1, ce
+
+
+def test_metrics_during_training_and_sgxl_metrics_on_the_run(tmp_path, capsys):
+    "cfg.metrics are computed at each snapshot (stats.jsonl, checkpoint metadata); `sgxl metrics` reads the run."
+    from sgxl.metrics import metrics_main
+    assert train_main(['--cfg', 'A', *TINY, '--kimg', '0.008', '--snap', '0.008', '--metrics', 'eqt4_int',
+                       '--outdir', str(tmp_path)]) == 0
+    run = next(tmp_path.iterdir())
+    logged = [r for r in StatsLog(run, tensorboard=False).read() if 'metrics/eqt4_int' in r]
+    assert logged and np.isfinite(logged[0]['metrics/eqt4_int'])
+    assert load_checkpoint(latest_checkpoint(run))[1]['metrics']['eqt4_int'] == logged[0]['metrics/eqt4_int']
+    capsys.readouterr()
+    assert metrics_main(['--network', str(run), '--metrics', 'eqt4_int,rfid8', '--device', 'cpu', '--batch', '8']) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((run / 'metrics.json').read_text())
+    assert saved['data'] == 'shapes:num_images=40' and np.isfinite(saved['metrics']['rfid8']) and 'rfid8' in out
