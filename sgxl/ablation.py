@@ -23,10 +23,11 @@ import torch.nn.functional as F
 
 from .core import PRESETS, RUNGS, Config, atomic_write, check, config_diff, get_device, image_grid, make_config
 from .data import is_builtin, load
-from .metrics import (EQ_KINDS, INCEPTION_FILES, INCEPTION_SOURCE, METRIC_FEATURES, VGG16_FILES, VGG16_SOURCE,
-                          compute_metrics, find_weights, parse_metric)
-from .training import (CheckpointError, StatsLog, Trainer, latest_checkpoint, list_checkpoints, load_generator,
-                           parse_set)
+from .metrics import (
+    EQ_KINDS, INCEPTION_FILES, INCEPTION_SOURCE, METRIC_FEATURES, VGG16_FILES, VGG16_SOURCE, compute_metrics,
+    find_weights, parse_metric)
+from .training import (
+    CheckpointError, StatsLog, Trainer, latest_checkpoint, list_checkpoints, load_generator, parse_set)
 
 # %% auto #0
 __all__ = ['RUNG_ADDS', 'WEIGHT_FILES', 'TIME_FILE', 'EVAL_FILE', 'RESULT_SUFFIXES', 'METRIC_LABELS', 'SUFFIX_LABELS',
@@ -52,7 +53,7 @@ WEIGHT_FILES = {  # feature network -> (file names, what, where it comes from); 
 }
 
 def default_num(preset: str) -> int:
-    "Images per metric when not given: the paper's 50k at paper size; 64 on the tiny preset (noisy, see below)."
+    "Images per metric when not given: the paper's 50k at paper size; 64 on the tiny preset (noisy: compare rungs, not values)."
     return 50_000 if preset == 'paper' else 64
 
 def count_name(n: int) -> str:
@@ -105,6 +106,7 @@ class Ablation:
               f"cfgs={','.join(self.cfgs) or '(none)'}: give distinct rungs among {','.join(RUNGS)}, e.g. A,B,C")
         check(self.preset in PRESETS, f"preset={self.preset!r}: choose 'paper' or 'tiny'")
         check(self.num is None or self.num >= 2, f"num={self.num}: metrics need at least 2 images")
+        check(self.kimg is None or self.kimg > 0, f"kimg={self.kimg}: give a positive training length")
         for name in self.metric_names(): parse_metric(name)                   # bad names fail now, not after training
 
     @property
@@ -120,7 +122,8 @@ class Ablation:
 
     def config(self, rung: str) -> Config:
         "Rung `rung`'s config: the preset's values, then what every rung of the ablation shares."
-        shared = {**self.overrides, 'data': self.data, 'seed': self.seed, **({'kimg': self.kimg} if self.kimg else {})}
+        shared = {**self.overrides, 'data': self.data, 'seed': self.seed,
+                  **({'kimg': self.kimg} if self.kimg is not None else {})}
         if 'resolution' not in shared and self.data_resolution is not None: shared['resolution'] = self.data_resolution
         return make_config(rung, self.preset, **shared)
 

@@ -112,6 +112,7 @@ def test_training_metrics_without_weights_fail_before_training(no_weights, tmp_p
     (['--cfgs', 'A,A'], 'give distinct rungs'),
     (['--metrics', 'fid8,nope'], "unknown metric 'nope'"),
     (['--num', '1'], 'at least 2 images'),
+    (['--kimg', '0'], 'positive training length'),
     (['--set', 'nope=1'], 'unknown config field'),
 ])
 def test_bad_input_is_a_clear_error(extra, message, tmp_path, capsys):
