@@ -128,3 +128,34 @@ def test_console_script_lists_and_runs_ablate():
     out = subprocess.run([sys.executable, '-m', 'sgxl', 'ablate', '--help'], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0 and '--cfgs' in out.stdout and 'resumes an interrupted one' in out.stdout
+
+
+def test_weight_files_put_fid_is_and_precision_recall_in_the_table(tmp_path, monkeypatch, capsys):
+    """With weight files present, the default metric set runs them all. The files here are stand-ins with random
+    weights (the real ones cannot be downloaded in CI): this checks that the ablation finds them, scores with them
+    and tabulates every metric, not what the numbers mean."""
+    import torch
+    import torchvision
+    from sgxl.metrics import RFID_SEED, random_inception_state_dict
+    given = tmp_path / 'given'                                       # passed with --weights-dir, searched first
+    given.mkdir()
+    monkeypatch.setenv('SGXL_WEIGHTS_DIR', str(given))               # (HOME stays: the compiled ops' cache is there)
+    torch.save(random_inception_state_dict(RFID_SEED + 1), given / INCEPTION_FILES[0])   # not rFID's network
+    torch.manual_seed(0)
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), given / VGG16_FILES[0])
+    out = tmp_path / 'abl'
+    argv = ['--cfgs', 'A', '--data', 'shapes:num_images=8', '--preset', 'tiny', '--kimg', '0.004', '--batch', '4',
+            '--snap', '0.004', '--num', '4', '--weights-dir', str(given), '--device', 'cpu', '--outdir', str(out),
+            '--quiet']                                               # one step, one checkpoint, 4 images per metric
+    assert ablate_main(argv) == 0, capsys.readouterr().err
+    results = json.loads((out / 'results.json').read_text())
+    assert results['metrics'] == ablation_metrics(4) and results['skipped'] == {}
+    keys = ['rfid4', 'fid4', 'is4_mean', 'is4_std', 'pr4_3_precision', 'pr4_3_recall', 'eqt4_int']
+    assert results['metric_keys'] == keys
+    (row,) = results['rows']
+    assert all(isinstance(row[k], float) and math.isfinite(row[k]) for k in keys), row
+    assert row['fid4'] != row['rfid4']                               # FID used the Inception file, not rFID's net
+    assert 0 <= row['pr4_3_precision'] <= 1 and 0 <= row['pr4_3_recall'] <= 1
+    assert row['is4_mean'] >= 1                                      # (exactly 1 below 20 images: 1 per split)
+    md = (out / 'table.md').read_text()
+    assert all(h in md for h in ('FID ↓ (4)', 'IS ↑ (4)', 'precision ↑ (4)', 'recall ↑ (4)')) and 'skipped' not in md
