@@ -55,10 +55,16 @@ def main():
     p.add_argument('--steps', type=int, default=3, help='timed steps per rung (median reported)')
     p.add_argument('--rungs', default=','.join(RUNGS), help='comma-separated rungs, e.g. A,B')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
+    p.add_argument('--presets', default=None,
+                   help="comma-separated presets to time: tiny, paper (paper runs at 64x64, batch 64); "
+                        "default 'tiny' on CPU, 'tiny,paper' on CUDA")
     args = p.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
-    setups = [('tiny', {})]
-    if args.device == 'cuda': setups.append(('paper', dict(resolution=64, batch=64)))
+    known = {'tiny': {}, 'paper': dict(resolution=64, batch=64)}
+    names = (args.presets or ('tiny,paper' if args.device == 'cuda' else 'tiny')).split(',')
+    bad = [n for n in names if n not in known]
+    if bad: p.error(f"--presets {args.presets}: unknown preset(s) {', '.join(bad)}; choose from tiny, paper")
+    setups = [(n, known[n]) for n in names]
     print(f'device {args.device}, {torch.get_num_threads()} CPU threads, median of {args.steps} steps\n')
     print(f"{'rung':<5}{'preset':<8}{'res':>5}{'batch':>7}{'s/step':>10}{'s/kimg':>10}{'peak MiB':>11}")
     for preset, extra in setups:
