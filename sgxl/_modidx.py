@@ -528,6 +528,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                           'sgxl.ops._Plan.sizes': ('ops.html#_plan.sizes', 'sgxl/ops.py'),
                           'sgxl.ops._Plan.transposed': ('ops.html#_plan.transposed', 'sgxl/ops.py'),
                           'sgxl.ops._add_pad': ('ops.html#_add_pad', 'sgxl/ops.py'),
+                          'sgxl.ops._autocast_bias': ('ops.html#_autocast_bias', 'sgxl/ops.py'),
                           'sgxl.ops._bias_act_backward': ('ops.html#_bias_act_backward', 'sgxl/ops.py'),
                           'sgxl.ops._bias_act_call': ('ops.html#_bias_act_call', 'sgxl/ops.py'),
                           'sgxl.ops._bias_act_grad2_op': ('ops.html#_bias_act_grad2_op', 'sgxl/ops.py'),

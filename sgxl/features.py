@@ -220,8 +220,10 @@ def frozen_conv(c_in: int, c_out: int, kernel: int = 1) -> nn.Conv2d:
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     "Bilinear resize of (N, C, H, W) to (N, C, size, size); antialiased when shrinking. Differentiable."
     if x.shape[-1] == size and x.shape[-2] == size: return x
-    return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False,
-                         antialias=size < min(x.shape[-2:]))
+    shrink = size < min(x.shape[-2:])
+    low = x.dtype in (torch.float16, torch.bfloat16)                 # (mixed precision: the antialiased kernel
+    y = x.float() if shrink and low else x                            #  has no bf16/fp16 version on every device)
+    return F.interpolate(y, size=(size, size), mode='bilinear', align_corners=False, antialias=shrink).to(x.dtype)
 
 def vit_blocks(depth: int) -> tuple[int, ...]:
     "Four evenly spaced blocks of a `depth`-block ViT: (2, 5, 8, 11) for 12."

@@ -46,6 +46,15 @@ ACTIVATIONS: dict[str, Activation] = {a.name: a for a in [
 ]}
 
 # %% ../nbs/01_ops.ipynb #b0e0ee3a
+def _autocast_bias(x, b):
+    """The bias in x's dtype when autocast is on for x's device: there a layer's matmul or conv gives x in bf16/fp16
+    while its bias parameter stays float32, and the op runs in x's dtype, as autocast casts an op's inputs.
+    Outside autocast a mismatch stays an error (the caller chose the dtypes)."""
+    if (isinstance(x, torch.Tensor) and isinstance(b, torch.Tensor) and b.dtype != x.dtype and x.is_floating_point()
+            and b.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+        return b.to(x.dtype)
+    return b
+
 def _resolve_bias_act(x, b, dim, act, alpha, gain, clamp):
     "Check the arguments of `bias_act`; return (dim, Activation, alpha, gain, clamp) resolved."
     check(isinstance(x, torch.Tensor), f"bias_act: x must be a tensor, got {type(x).__name__}")
@@ -302,6 +311,7 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
 
     `gain=None` takes the activation's default (sqrt(2) for relu, lrelu, swish; else 1); `alpha=None` its
     default (0.2 for lrelu, 1 for elu); `clamp=None` does not clamp."""
+    b = _autocast_bias(x, b)                                                  # float32 bias, bf16 x under autocast
     dim, spec, alpha, gain, clamp = _resolve_bias_act(x, b, dim, act, alpha, gain, clamp)
     if _pick_impl(x, impl, 'bias_act', *_fused_dtype_ok(x)) == 'ref':
         return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)
@@ -322,6 +332,7 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=SQ
     (`slope`) times `gain`, clamp to [-clamp, clamp], filter with fd and downsample by `down`.
 
     Output size per axis: Wu = W*up + x0 + x1 - fu_w + 1, then floor((Wu - fd_w) / down) + 1."""
+    b = _autocast_bias(x, b)
     gu, gd = _resolve_filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp)
     if _pick_impl(x, impl, 'filtered_lrelu', *_fused_filtered_lrelu_ok(x, fu, fd), cpu_fast=_cpu_fast(fu, fd)) == 'ref':
         return _filtered_lrelu_ref(x, fu, fd, b, gu, gd, float(gain), float(slope), clamp, flip_filter)
