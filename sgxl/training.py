@@ -21,11 +21,12 @@ from safetensors.torch import load_file, save_file
 from .core import atomic_write, check, get_device
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'TRAIN_EXAMPLES', 'flatten_state', 'unflatten_state', 'CheckpointError',
-           'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'CheckpointManager',
-           'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed', 'rung_class', 'data_slug', 'new_run_dir',
-           'grid_latents', 'metric_key', 'Trainer', 'resolve_checkpoint', 'build_generator', 'load_generator',
-           'train_parser', 'parse_set', 'is_demo', 'config_from_args', 'train_main']
+__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'flatten_state', 'unflatten_state',
+           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint',
+           'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed', 'rung_class', 'data_slug',
+           'new_run_dir', 'grid_latents', 'metric_key', 'Trainer', 'check_resume_changes', 'resolve_checkpoint',
+           'build_generator', 'load_generator', 'train_parser', 'parse_set', 'is_demo', 'parse_metrics',
+           'config_from_args', 'resume_changes_from_args', 'train_main']
 
 # %% ../nbs/10_training.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -260,12 +261,13 @@ def metric_key(results: dict) -> float | None:
 class Trainer:
     "One training run: data, the rung, the loop, snapshots, checkpoints. Every rank trains; rank 0 writes."
     def __init__(self, cfg: Config, outdir='runs', resume=None, device=None, progress: bool = True,
-                 keep: int = 3, log_kimg: float | None = None):
+                 keep: int = 3, log_kimg: float | None = None, resume_changes: dict | None = None):
         self.rank, self.world, self.device = init_distributed(device)
         self.progress, self.keep = progress, keep
         resume_path = self.find_resume(resume)
         if resume_path is not None:                                           # the stored config wins
             cfg = Config.from_dict(self.checked(resume_path, lambda p: json.loads(p.read_text()))['meta']['config'])
+            cfg = cfg.replace(**check_resume_changes(resume_changes or {}))      # but for its length, snapshots, ...
         check(cfg is not None, 'give a config, or a run folder / checkpoint to resume')
         check(cfg.batch % self.world == 0, f"batch={cfg.batch} must be divisible by the {self.world} processes")
         self.cfg = cfg
@@ -300,6 +302,18 @@ class Trainer:
             return latest
         check(p.exists(), f"--resume {p}: no such file or folder", FileNotFoundError)
         return p if p.suffix == '.json' else p.with_name(p.name.removesuffix('.safetensors') + '.json')
+
+# What a resumed run may change: its length, its snapshots and its data loading. Everything else (rung, data,
+# batch, seed, any other field) is the stored config's, so that the run goes on as it began.
+RESUME_FIELDS = ('kimg', 'snap_kimg', 'metrics', 'workers')
+
+def check_resume_changes(changes: dict) -> dict:
+    "The config changes asked for on resume, checked against RESUME_FIELDS."
+    bad = sorted(set(changes) - set(RESUME_FIELDS))
+    check(not bad, f"a resumed run keeps its stored config, so {', '.join(bad)} cannot change on resume "
+                   f"(only {', '.join(RESUME_FIELDS)} can); start a new run to change it")
+    check(changes.get('kimg') is None or changes['kimg'] > 0, f"kimg={changes.get('kimg')}: give a positive length")
+    return changes
 
 # %% ../nbs/10_training.ipynb #7d3091c6
 def _trainer_state(self) -> dict:
@@ -473,6 +487,7 @@ TRAIN_EXAMPLES = """examples:
   sgxl train --cfg F --data in128.zip --resolution 128 --batch 256 --batch-gpu 32
   torchrun --nproc_per_node=8 -m sgxl train --cfg F --data in128.zip --batch 2048 --batch-gpu 64
   sgxl train --resume runs/00003-F-paper-in128-128  # continue a run where its last checkpoint left it
+  sgxl train --resume runs/00003-F-paper-in128-128 --kimg 20000   # ... and train it longer than first planned
   sgxl train --cfg B --preset tiny --set blur_sigma=1.0 --set diffaug=color --dry-run
 """
 
@@ -495,7 +510,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                    help='any config field (see sgxl.core.Config), e.g. --set r1_gamma=2 --set cls_weight=4')
     p.add_argument('--outdir', default='runs', help='where new run folders go (default: runs)')
-    p.add_argument('--resume', help='a run folder or checkpoint to continue (its stored config is used)')
+    p.add_argument('--resume', help='a run folder or checkpoint to continue with its stored config; only --kimg, '
+                                    '--snap, --metrics and --workers may change it (e.g. --kimg to train longer)')
     p.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda'")
     p.add_argument('--keep', type=int, default=3, help='checkpoints to keep besides the best (default 3)')
     p.add_argument('--dry-run', action='store_true', help='print the resolved config and exit')
@@ -518,19 +534,33 @@ def is_demo(args) -> bool:
     "No rung, data, preset or resolution given: the CPU demo (bookkeeping options such as --outdir still apply)."
     return all(v is None for v in (args.cfg, args.data, args.preset, args.resolution))
 
+def parse_metrics(text: str) -> tuple[str, ...]:
+    "--metrics 'fid50k,kid50k' -> ('fid50k', 'kid50k'); 'none' -> ()."
+    return tuple(m.strip() for m in text.split(',') if m.strip() and m.strip() != 'none')
+
 def config_from_args(args) -> Config:
     "The run's config: rung and preset, then the dataset's resolution, then the options given."
     preset = args.preset or ('tiny' if is_demo(args) else 'paper')
     args.cfg, args.data = args.cfg or 'F', args.data or 'shapes'
     overrides = {k: v for k, v in dict(data=args.data, kimg=args.kimg, batch=args.batch, batch_gpu=args.batch_gpu,
                  snap_kimg=args.snap, seed=args.seed, workers=args.workers).items() if v is not None}
-    if args.metrics is not None:
-        overrides['metrics'] = tuple(m.strip() for m in args.metrics.split(',') if m.strip() and m.strip() != 'none')
+    if args.metrics is not None: overrides['metrics'] = parse_metrics(args.metrics)
     resolution = args.resolution
     if resolution is None and not re.fullmatch(r'[A-Za-z]\w*(:.*)?', args.data):
         resolution = load(args.data).resolution                              # the files' own resolution
     if resolution is not None: overrides['resolution'] = resolution
     return make_config(args.cfg, preset, **{**overrides, **parse_set(args.set)})
+
+def resume_changes_from_args(args) -> dict:
+    "With --resume: the config changes asked for (--kimg, --snap, --metrics, --workers); other options are an error."
+    fixed = {'--cfg': args.cfg, '--data': args.data, '--preset': args.preset, '--resolution': args.resolution,
+             '--batch': args.batch, '--batch-gpu': args.batch_gpu, '--seed': args.seed, '--set': args.set or None}
+    given = [k for k, v in fixed.items() if v is not None]
+    check(not given, f"--resume continues a run with its stored config, so {', '.join(given)} cannot be given with it "
+                     "(only --kimg, --snap, --metrics and --workers can); start a new run to change it")
+    changes = dict(kimg=args.kimg, snap_kimg=args.snap, workers=args.workers)
+    if args.metrics is not None: changes['metrics'] = parse_metrics(args.metrics)
+    return check_resume_changes({k: v for k, v in changes.items() if v is not None})
 
 def train_main(argv: list[str] | None = None) -> int:
     "`sgxl train`: see --help."
@@ -538,10 +568,11 @@ def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     try:
         cfg = None if args.resume else config_from_args(args)
+        changes = resume_changes_from_args(args) if args.resume else None
         if args.dry_run:
             print(cfg.to_json() if cfg else Path(resolve_checkpoint(args.resume)).read_text()[:2000]); return 0
         trainer = Trainer(cfg, outdir=args.outdir, resume=args.resume, device=args.device,
-                          progress=not args.quiet, keep=args.keep)
+                          progress=not args.quiet, keep=args.keep, resume_changes=changes)
         if trainer.is_main:
             print(f'sgxl train: rung {trainer.cfg.cfg}, {trainer.cfg.preset} preset, {trainer.dataset.name}, '
                   f'{trainer.cfg.kimg:g} kimg -> {trainer.run_dir}')

@@ -136,3 +136,16 @@ def test_metrics_during_training_and_sgxl_metrics_on_the_run(tmp_path, capsys):
     out = capsys.readouterr().out
     saved = json.loads((run / 'metrics.json').read_text())
     assert saved['data'] == 'shapes:num_images=40' and np.isfinite(saved['metrics']['rfid8']) and 'rfid8' in out
+
+
+def test_resume_with_kimg_trains_longer_and_other_changes_are_refused(tmp_path, capsys):
+    assert train_main(['--cfg', 'A', *TINY, '--kimg', '0.008', '--snap', '0.008', '--outdir', str(tmp_path)]) == 0
+    run = next(tmp_path.iterdir())
+    assert [r['step'] for r in rows(run)] == [1, 2]                        # 8 images at batch 4
+    capsys.readouterr()
+    assert train_main(['--resume', str(run), '--batch', '8', '--seed', '1', '--quiet']) == 1
+    assert '--batch, --seed cannot be given with it' in capsys.readouterr().err
+    assert train_main(['--resume', str(run), '--kimg', '0.016', '--quiet']) == 0
+    _, meta = load_generator(run)
+    assert meta['kimg'] >= 0.016 and meta['config']['kimg'] == 0.016      # the new length is the run's now
+    assert [r['step'] for r in rows(run)] == [1, 2, 3, 4]
