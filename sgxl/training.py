@@ -158,13 +158,13 @@ def rng_state() -> dict:
     return state
 
 def set_rng_state(state: dict):
-    "Restore what `rng_state` captured."
+    "Restore what `rng_state` captured; its tensors may be on any device (a checkpoint loaded onto the GPU)."
     v, internal, gauss = state['python']
     random.setstate((v, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state['numpy']
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state['torch'].cpu())                                  # the generators' states live on the host
+    if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
 
 # %% ../nbs/10_training.ipynb #f6d3bd98
 class StatsLog:
@@ -347,7 +347,7 @@ def _trainer_load(self, path: Path):
     self.rung.load_state_dict(state['rung'])                                   # (rebuilds a later stage's networks)
     if self.rung.resolution != self.dataset.resolution: self.set_data(self.rung.resolution)
     self.loader.load_state_dict(state['loader'])
-    set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state['rng'].items()})
+    set_rng_state(state['rng'])
     self.step_index, self.results = int(meta['step']), dict(meta.get('metrics') or {})
 
 Trainer.state, Trainer.meta, Trainer.save, Trainer.load = _trainer_state, _trainer_meta, _trainer_save, _trainer_load

@@ -138,14 +138,33 @@ def test_metrics_during_training_and_sgxl_metrics_on_the_run(tmp_path, capsys):
     assert saved['data'] == 'shapes:num_images=40' and np.isfinite(saved['metrics']['rfid8']) and 'rfid8' in out
 
 
-def test_resume_with_kimg_trains_longer_and_other_changes_are_refused(tmp_path, capsys):
-    assert train_main(['--cfg', 'A', *TINY, '--kimg', '0.008', '--snap', '0.008', '--outdir', str(tmp_path)]) == 0
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+
+
+@cuda_only
+def test_rng_state_round_trips_through_the_gpu():
+    "A checkpoint loaded onto the GPU hands set_rng_state CUDA tensors, nested in lists."
+    from sgxl.training import rng_state, set_rng_state
+    def to_cuda(v):
+        if isinstance(v, torch.Tensor): return v.cuda()
+        return [to_cuda(x) for x in v] if isinstance(v, list) else v
+    state = rng_state()
+    want = (np.random.rand(3), torch.rand(3), torch.rand(3, device='cuda'))
+    set_rng_state({k: to_cuda(v) for k, v in state.items()})
+    got = (np.random.rand(3), torch.rand(3), torch.rand(3, device='cuda'))
+    assert np.array_equal(want[0], got[0]) and torch.equal(want[1], got[1]) and torch.equal(want[2], got[2])
+
+
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=cuda_only)])
+def test_resume_with_kimg_trains_longer_and_other_changes_are_refused(device, tmp_path, capsys):
+    assert train_main(['--cfg', 'A', *TINY, '--kimg', '0.008', '--snap', '0.008', '--outdir', str(tmp_path),
+                       '--device', device]) == 0
     run = next(tmp_path.iterdir())
     assert [r['step'] for r in rows(run)] == [1, 2]                        # 8 images at batch 4
     capsys.readouterr()
     assert train_main(['--resume', str(run), '--batch', '8', '--seed', '1', '--quiet']) == 1
     assert '--batch, --seed cannot be given with it' in capsys.readouterr().err
-    assert train_main(['--resume', str(run), '--kimg', '0.016', '--quiet']) == 0
+    assert train_main(['--resume', str(run), '--kimg', '0.016', '--quiet', '--device', device]) == 0
     _, meta = load_generator(run)
     assert meta['kimg'] >= 0.016 and meta['config']['kimg'] == 0.016      # the new length is the run's now
     assert [r['step'] for r in rows(run)] == [1, 2, 3, 4]
