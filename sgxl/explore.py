@@ -249,7 +249,7 @@ def write_animation(frames: torch.Tensor, path, fps: float = 12, scale: int = 1,
     path = Path(path)
     check(path.suffix.lower() == '.gif', f"{path.name}: animations are written as GIF; give a path ending in .gif")
     check(fps > 0 and len(frames) >= 1, f"need fps > 0 and at least one frame (fps={fps}, {len(frames)} frames)")
-    arr = to_uint8(upscale(frames, scale)).permute(0, 2, 3, 1).numpy()    # (T, H, W, C) uint8
+    arr = to_uint8(upscale(frames, scale)).permute(0, 2, 3, 1).cpu().numpy()   # (T, H, W, C) uint8
     if arr.shape[-1] == 1: arr = arr[..., 0]
     import io
     buf = io.BytesIO()
