@@ -123,6 +123,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'sgxl.core.image_grid': ('core.html#image_grid', 'sgxl/core.py'),
                            'sgxl.core.is_pow2': ('core.html#is_pow2', 'sgxl/core.py'),
                            'sgxl.core.make_config': ('core.html#make_config', 'sgxl/core.py'),
+                           'sgxl.core.record_value': ('core.html#record_value', 'sgxl/core.py'),
                            'sgxl.core.rung_diff': ('core.html#rung_diff', 'sgxl/core.py'),
                            'sgxl.core.save_image_grid': ('core.html#save_image_grid', 'sgxl/core.py'),
                            'sgxl.core.seed_everything': ('core.html#seed_everything', 'sgxl/core.py'),
