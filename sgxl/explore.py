@@ -33,7 +33,7 @@ __all__ = ['load_network', 'parse_range', 'check_classes', 'z_from_seeds', 'samp
 # %% ../nbs/12_explore.ipynb #5e0dd799
 def load_network(path, device: str | torch.device | None = 'cpu', which: str = 'G_ema') -> tuple[nn.Module, dict]:
     """(G, meta) in eval mode from a run folder (its best or latest checkpoint), a checkpoint file, a folder written by
-    `sgxl export`, hf://USER/REPO or a release .pkl: the one resolver of sgxl.networks (15_networks)."""
+    `sgxl export`, hf://USER/REPO or a release .pkl: the one resolver of sgxl.networks (16_networks)."""
     from sgxl.networks import read_network                               # (networks imports training, which is heavy)
     return read_network(path, device, which)
 
