@@ -353,7 +353,8 @@ def invert_parser() -> argparse.ArgumentParser:
         epilog='examples:\n  sgxl invert --network runs/shapes --target cat.png --steps 200 --pti-steps 100 --outdir out\n'
                '  sgxl invert --network runs/shapes --target photo.jpg --resize --class 3 --edit-classes 2,5 --outdir out')
     p.add_argument('--network', required=True, metavar='PATH',
-                   help='run folder (its best or latest checkpoint) or checkpoint file (ckpt-*.json)')
+                   help='a run folder (its best or latest checkpoint), a checkpoint file (ckpt-*.json), a folder written by '
+                   '`sgxl export`, hf://USER/REPO (the Hugging Face hub or its cache) or a release .pkl')
     p.add_argument('--target', required=True, metavar='IMAGE',
                    help="PNG or JPEG to invert, the size of the network's images (or use --resize)")
     p.add_argument('--outdir', required=True, metavar='DIR', help='folder for the images, the pivot and inversion.json')

@@ -610,9 +610,9 @@ def _progress_bar(on: bool):
 
 # %% ../nbs/11_metrics.ipynb #4e2e7850
 def load_generator(path: str, device=None):
-    "(G_ema, checkpoint metadata) from a run folder or checkpoint, in sgxl.training's format."
-    from sgxl.training import load_generator as load_trained       # (training imports this module lazily)
-    return load_trained(path, device or 'auto')
+    "(G_ema, metadata) from any --network (run, checkpoint, exported folder, hf://USER/REPO, .pkl): sgxl.networks' resolver."
+    from sgxl.networks import read_network                         # (networks imports training, which imports this)
+    return read_network(path, device or 'auto')
 
 def load_dataset(data: str, resolution: int | None = None):
     "The real images of `--data` (folder, zip or built-in name) at the generator's resolution."
@@ -626,7 +626,9 @@ def format_table(results: dict[str, float]) -> str:
                      + [f'{k:<{width}}  {v:.4f}' for k, v in results.items()])
 
 def default_output(network: str) -> Path:
-    "Where results go without --out: metrics.json in a run folder, else <checkpoint>.metrics.json beside it."
+    "Where results go without --out: metrics.json in a run (or exported) folder, else <checkpoint>.metrics.json beside it."
+    if str(network).startswith('hf://'):                             # a hub network: USER--REPO.metrics.json here
+        return Path(str(network)[len('hf://'):].replace('/', '--').replace('@', '-') + '.metrics.json')
     p = Path(network)
     return p / 'metrics.json' if p.is_dir() else p.with_name(p.name + '.metrics.json')
 
@@ -638,7 +640,9 @@ def metrics_parser() -> argparse.ArgumentParser:
         epilog=f"metrics: {', '.join(STANDARD_METRICS)}; smaller counts as fid2k, kid500, pr500_3 (or --num). "
                "Weights: pt_inception-2015-12-05-6726825d.pth and vgg16-397923af.pth are looked up in --weights-dir, "
                "$SGXL_WEIGHTS_DIR, torch hub's checkpoints folder and ~/.cache/sgxl/weights.")
-    p.add_argument('--network', required=True, help='run folder or checkpoint file')
+    p.add_argument('--network', required=True, metavar='PATH',
+                   help='a run folder (its best or latest checkpoint), a checkpoint file (ckpt-*.json), a folder written by '
+                   '`sgxl export`, hf://USER/REPO (the Hugging Face hub or its cache) or a release .pkl')
     p.add_argument('--data', help="real images to compare with (default: the run's own dataset, from its config)")
     p.add_argument('--metrics', default='fid50k', help='comma-separated metric names (default: fid50k)')
     p.add_argument('--truncation', type=float, default=1.0, help='truncation psi (default: 1.0, no truncation)')
