@@ -134,6 +134,10 @@ def load_clip(model: str = CLIP_MODEL, weights: str = CLIP_WEIGHTS, device='cpu'
         _log.warning('CLIP %s with RANDOM weights (asked for by name): its similarities mean nothing', model)
         net, source = _open_clip_model(model, image_size), 'random'
     elif weights in open_clip.list_pretrained_tags_by_model(model):
+        quick = bool(open_clip.get_pretrained_cfg(model, weights).get('quick_gelu'))
+        check(quick == bool(open_clip.get_model_config(model).get('quick_gelu')), f"the {weights!r} weights were trained "
+              f"with {'QuickGELU' if quick else 'GELU'}, the {model} architecture uses the other: use --clip-model "
+              f"{model.removesuffix('-quickgelu') + ('-quickgelu' if quick else '')}")
         path = cached_clip_weights(model, weights)
         if path is not None: net, source = _load_clip_file(model, path), f'cache:{path}'
         elif hub_offline(): raise MissingWeightsError(missing_clip_message(model, weights, 'HF_HUB_OFFLINE is set'))
@@ -416,8 +420,8 @@ def edit_parser() -> argparse.ArgumentParser:
 
 def _join_negative(argv: Sequence[str], flags=('--strengths',)) -> list[str]:
     "argparse reads '--strengths -2,-1,0' as two options; join such a flag with a value that starts with '-'."
-    out, argv = [], list(argv)
-    for i, a in enumerate(argv):
+    out = []
+    for a in argv:
         if out and out[-1] in flags and a.startswith('-') and a[1:2].isdigit(): out[-1] = f'{out[-1]}={a}'
         else: out.append(a)
     return out

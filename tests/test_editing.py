@@ -142,6 +142,21 @@ def test_missing_clip_weights_offline_is_one_clear_error(offline_empty_cache):
         ed.load_clip(image_size=64)
 
 
+def test_clip_weights_from_the_hub_cache(offline_empty_cache):
+    "A file in the Hugging Face cache is found offline and loaded from there (this one is not CLIP: the error names it)."
+    snap = offline_empty_cache / 'models--timm--vit_base_patch32_clip_224.openai' / 'snapshots' / 'abc123'
+    snap.mkdir(parents=True)
+    (snap / 'open_clip_model.safetensors').write_bytes(b'not weights')
+    refs = offline_empty_cache / 'models--timm--vit_base_patch32_clip_224.openai' / 'refs'
+    refs.mkdir()
+    (refs / 'main').write_text('abc123')
+    assert ed.cached_clip_weights(ed.CLIP_MODEL, ed.CLIP_WEIGHTS) == snap / 'open_clip_model.safetensors'
+    with pytest.raises(ValueError, match=r'cannot load .*open_clip_model.safetensors as the weights of CLIP ViT-B-32-quickgelu'):
+        ed.load_clip()
+    with pytest.raises(ValueError, match='use --clip-model ViT-B-32-quickgelu'):
+        ed.load_clip('ViT-B-32', 'openai')                                    # OpenAI trained with QuickGELU
+
+
 def test_clip_weights_from_a_named_file(tmp_path):
     "A weight file the user names is loaded (here one written from a random ViT-S-32-alt): same embeddings."
     import open_clip
