@@ -253,6 +253,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'sgxl.editing.load_direction': ('text_editing.html#load_direction', 'sgxl/editing.py'),
                               'sgxl.editing.load_inversion': ('text_editing.html#load_inversion', 'sgxl/editing.py'),
                               'sgxl.editing.missing_clip_message': ('text_editing.html#missing_clip_message', 'sgxl/editing.py'),
+                              'sgxl.editing.offline': ('text_editing.html#offline', 'sgxl/editing.py'),
                               'sgxl.editing.parse_edit_args': ('text_editing.html#parse_edit_args', 'sgxl/editing.py'),
                               'sgxl.editing.parse_strengths': ('text_editing.html#parse_strengths', 'sgxl/editing.py'),
                               'sgxl.editing.render': ('text_editing.html#render', 'sgxl/editing.py'),
