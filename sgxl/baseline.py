@@ -268,7 +268,7 @@ class RungA:
 
     def make_optimizers(self):
         cfg = self.cfg
-        self.opt_G = lazy_adam(self.g_trainable(), cfg.g_lr, cfg.betas, cfg.adam_eps, cfg.pl_interval, cfg.pl_weight > 0)
+        self.opt_G = lazy_adam(self.g_trainable(), cfg.g_lr, cfg.betas, cfg.adam_eps, cfg.pl_interval, self.g_reg_active())
         self.opt_D = lazy_adam(self.d_trainable(), cfg.d_lr, cfg.betas, cfg.adam_eps, cfg.r1_interval,
                                cfg.r1 > 0 or cfg.d_lazy_scaling)
         self.scalers = {}                                                     # fp16 gradient scalers, per phase
@@ -312,7 +312,8 @@ class RungA:
         loss = penalty.mean() * (self.cfg.r1 / 2) * self.cfg.r1_interval      # $\frac\gamma2 \lVert\nabla D\rVert^2$, lazy
         return loss + logits.mean() * 0, {'reg/r1': penalty.mean()}            # (touch every weight of D)
 
-    def g_reg_due(self, step_index: int) -> bool: return False                 # rung A: no G regulariser
+    def g_reg_active(self) -> bool: return False                                # rung A: no G regulariser
+    def g_reg_due(self, step_index: int) -> bool: return False
     def g_reg(self, b: Chunk): raise NotImplementedError
 
     def phases(self, step_index: int) -> Iterator[tuple[str, torch.optim.Optimizer, Callable]]:

@@ -277,14 +277,19 @@ class RungB(RungA):
         loss = hinge_d_loss(real_logits, fake_logits, **self.adv_reduce())
         return loss, {'loss/D': loss, 'D/real': real_logits.mean(), 'D/fake': fake_logits.mean()}
 
+    def g_reg_active(self) -> bool:
+        "Does G have a lazy path-length phase at all (it sets G's lazy Adam)? Rung D: on the stem only."
+        return self.cfg.pl_weight > 0
+
     def g_reg_due(self, step_index: int) -> bool:
         cfg = self.cfg
-        return cfg.pl_weight > 0 and self.kimg >= cfg.pl_start_kimg and step_index % cfg.pl_interval == 0
+        return self.g_reg_active() and self.kimg >= cfg.pl_start_kimg and step_index % cfg.pl_interval == 0
 
     def g_reg(self, b: Chunk):
         "Path length: $(\\lVert J_w^T y \\rVert - a)^2$ on half the chunk, times pl_weight * pl_interval (lazy)."
         n = max(1, len(b.z) // 2)
         ws = self.G.mapping(b.z[:n], None if b.c_g is None else b.c_g[:n])   # (n, num_ws, w_dim)
+        if not ws.requires_grad: ws = ws.detach().requires_grad_(True)    # a frozen mapping network: J_w still exists
         img = self.G.synthesis(ws)                                         # (n, 3, R, R)
         y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
         (grad,) = torch.autograd.grad((img * y).sum(), ws, create_graph=True)   # $J_w^T y$: (n, num_ws, w_dim)
