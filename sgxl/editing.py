@@ -394,7 +394,9 @@ def edit_parser() -> argparse.ArgumentParser:
                     'rest, then sweep its strength. Writes into --outdir: direction.safetensors + direction.json (the\n'
                     'direction, prompt, layers, CLIP model), edit.png (a row per seed or the inversion, a column per\n'
                     'strength) and edit.json (CLIP similarity to the prompt per strength).')
-    p.add_argument('--network', required=True, metavar='PATH', help='run folder or checkpoint (ckpt-*.json) to edit with')
+    p.add_argument('--network', required=True, metavar='PATH',
+                   help='the network the direction is found on: a run folder (its best or latest checkpoint), a checkpoint '
+                   'file (ckpt-*.json), a folder written by `sgxl export`, hf://USER/REPO or a release .pkl')
     p.add_argument('--prompt', metavar='TEXT', help='what the edit should show, e.g. "smile" (not needed with --direction)')
     p.add_argument('--neutral', metavar='TEXT', help='neutral prompt, e.g. "face": CLIP then follows prompt - neutral')
     p.add_argument('--class', dest='cls', type=int, metavar='K', help='class of the samples (default: each seed its own; '

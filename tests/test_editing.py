@@ -229,6 +229,13 @@ def test_edit_cli_end_to_end_and_reuse(run, tmp_path, capsys):
     assert rc == 0, err
     assert (Image.open(out / 'edit.png').tobytes() == Image.open(again / 'edit.png').tobytes())
     assert json.loads((again / 'edit.json').read_text())['files'] == ['edit.png', 'edit.json']
+    # an exported network (`sgxl export`) edits the same
+    from sgxl.networks import export_network
+    exported = export_network(path.parent, tmp_path / 'exported')
+    rc, _, err = sgxl_cli(capsys, 'edit', '--network', exported, '--direction', out / 'direction.json', '--class', '3',
+                          '--seeds', '0-2', '--strengths', '-2,-1,0,1,2', '--scale', '2', '--outdir', tmp_path / 'exp')
+    assert rc == 0, err
+    assert Image.open(out / 'edit.png').tobytes() == Image.open(tmp_path / 'exp' / 'edit.png').tobytes()
 
 
 def test_edit_cli_on_an_inversion_folder(run, tmp_path, capsys):
