@@ -374,6 +374,9 @@ class RungD(RungC):
 
     @property
     def stage(self) -> int: return self.G.stage
+    def g_reg_active(self) -> bool:
+        "Path length on the stem only: off in the super-resolution stages (StyleGAN-XL), see above."
+        return super().g_reg_active() and self.stage == 0
     def blur_sigma(self) -> float:
         return blur_sigma_at(self.kimg - self.policy.stage_start_kimg, self.cfg.blur_sigma, self.cfg.blur_fade_kimg)
 

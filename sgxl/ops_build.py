@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib
 import importlib.util
@@ -18,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 import sgxl
 
@@ -91,14 +91,11 @@ def build_key(kind: str) -> str:
 # %% ../nbs/01_ops_build.ipynb #9b26a4e6
 @contextlib.contextmanager
 def file_lock(path: Path):
-    "Hold an exclusive flock on `path`; the OS drops it if this process dies, so it is never stale."
+    "Hold an exclusive OS lock on `path` (portable: `filelock`); the OS drops it if this process dies, so it is never stale."
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'a') as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
 
 def build_extension(name: str, sources: list, build_dir: Path, verbose: bool = False, **flags):
     "JIT-build (or reuse) extension module `name` from `sources` in `build_dir`; safe against concurrent and killed builds."
