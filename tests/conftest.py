@@ -39,6 +39,16 @@ def _fixed_threads():
 def root() -> Path:
     return ROOT
 
+
+@pytest.fixture
+def sleeps(monkeypatch) -> list:
+    """The seconds of every `time.sleep` the test's code asks for, without sleeping: "an error at once" is then
+    checked as "no back-off, no waiting" (an empty list) rather than by a wall clock that a loaded machine stretches."""
+    import time
+    asked = []
+    monkeypatch.setattr(time, 'sleep', asked.append)
+    return asked
+
 # Caches (class embeddings, guidance probes, metric statistics, ...) go to a per-session folder, not the
 # user's ~/.cache/sgxl -- except the compiled ops, whose cache CI warms with tools/build_ops.py.
 if 'SGXL_CACHE_DIR' not in os.environ:
