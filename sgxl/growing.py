@@ -355,12 +355,14 @@ class RungD(RungC):
     def data_resolution(cfg: Config) -> int: return cfg.stem_resolution      # the data the first stage trains on
 
     def make_networks(self) -> tuple[nn.Module, nn.Module]:
-        check(self.dataset is not None, "rung D computes its class embeddings from the dataset: pass dataset=")
         cfg = self.cfg.replace(c_dim=self.c_dim)
         self.policy = StagePolicy.from_config(cfg)
         nets = feature_networks(cfg)
-        lite0 = next(n for n in nets if n.name == LITE0)
-        self.class_table = class_embeddings(self.dataset, lite0, device=self.device, progress=False).to(self.device)
+        self.class_table = None                                              # unlabelled data: no class embeddings
+        if self.c_dim:
+            check(self.dataset is not None, "rung D computes its class embeddings from the dataset: pass dataset=")
+            lite0 = next(n for n in nets if n.name == LITE0)
+            self.class_table = class_embeddings(self.dataset, lite0, device=self.device, progress=False).to(self.device)
         return self.stage_networks(0, nets)
 
     def stage_networks(self, stage: int, nets=None) -> tuple[nn.Module, nn.Module]:
@@ -400,7 +402,7 @@ class RungD(RungC):
     def load_extra_state(self, state: dict):
         "Rebuild the networks of the checkpoint's stage (weights follow), then the policy and the table."
         super().load_extra_state(state)
-        if 'class_table' in state: self.class_table = state['class_table'].to(self.device)
+        if state.get('class_table') is not None: self.class_table = state['class_table'].to(self.device)
         if state.get('stage', 0) != self.stage:
             G, D = self.stage_networks(state['stage'], self.D.feature_nets)
             self.G, self.D = G.to(self.device).train(), D.to(self.device).train()
