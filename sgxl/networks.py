@@ -114,9 +114,9 @@ def read_export(folder) -> tuple[nn.Module, dict]:
 
 def read_release_pickle(path) -> tuple[nn.Module, dict]:
     "A release .pkl of StyleGAN-XL, through sgxl.pretrained when this sgxl has it."
-    raise ValueError(f"{path}: release pickles (.pkl) cannot be read by this sgxl yet (converting them is the job of "
-                     f"sgxl.pretrained, which is not part of this version); give a run, a checkpoint, an exported "
-                     f"folder or hf://USER/REPO")
+    raise ValueError(f"{path}: release pickles (.pkl) cannot be loaded as a generator by this sgxl yet "
+                     f"(sgxl.pretrained reads their records safely, but converting them to sgxl's generator is not "
+                     f"part of this version); give a run, a checkpoint, an exported folder or hf://USER/REPO")
 
 def read_network(source, device: str | torch.device | None = 'cpu', which: str = 'G_ema') -> tuple[nn.Module, dict]:
     "(G, meta) from any network source (see `resolve_network`); `which` = 'G' only for training checkpoints."
