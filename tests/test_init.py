@@ -107,3 +107,21 @@ def test_next_stage_from_a_lower_resolution_network(stem16, tmp_path, up, resolu
     kept = {k: v for k, v in src.state_dict().items() if k.startswith('mapping.') or k.startswith('synthesis.input')}
     mine = G.state_dict()
     assert kept and all(torch.equal(mine[k], v) for k, v in kept.items())             # the frozen stem: the source's
+
+
+def test_init_from_the_hub_cache(source_a, tmp_path, monkeypatch):
+    "--init hf://USER/REPO reads the same resolver as --network: an export in a (test-made) hub cache, offline."
+    exported = nw.export_network(source_a, tmp_path / 'exp')
+    commit = 'fedcba9876543210fedcba9876543210fedcba98'
+    root = tmp_path / 'hub' / 'models--someone--sgxl-a'
+    (root / 'refs').mkdir(parents=True)
+    (root / 'refs' / 'main').write_text(commit)
+    import shutil
+    shutil.copytree(exported, root / 'snapshots' / commit)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hub'))
+    cfg = make_config('A', 'tiny', data='shapes:num_images=40', batch=4)
+    tr = Trainer(cfg, outdir=tmp_path / 'r', progress=False, init='hf://someone/sgxl-a')
+    G_ema = nw.load_network(exported)
+    assert all(torch.equal(a, b) for a, b in zip(tr.rung.G_ema.state_dict().values(), G_ema.state_dict().values()))
+    assert tr.init_info['source'] == 'hf://someone/sgxl-a'
