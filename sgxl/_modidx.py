@@ -913,6 +913,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'sgxl.training.check_resume_changes': ('training.html#check_resume_changes', 'sgxl/training.py'),
                                'sgxl.training.config_from_args': ('training.html#config_from_args', 'sgxl/training.py'),
                                'sgxl.training.data_slug': ('training.html#data_slug', 'sgxl/training.py'),
+                               'sgxl.training.demo_report': ('training.html#demo_report', 'sgxl/training.py'),
+                               'sgxl.training.demo_scores': ('training.html#demo_scores', 'sgxl/training.py'),
                                'sgxl.training.flatten_state': ('training.html#flatten_state', 'sgxl/training.py'),
                                'sgxl.training.grid_latents': ('training.html#grid_latents', 'sgxl/training.py'),
                                'sgxl.training.init_distributed': ('training.html#init_distributed', 'sgxl/training.py'),
