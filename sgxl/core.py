@@ -20,8 +20,8 @@ import torch
 
 # %% auto #0
 __all__ = ['RUNGS', 'PRESETS', 'LITE0', 'DEIT_BASE', 'RUNG_DIFFS', 'TINY', 'TINY_RUNG', 'Config', 'check', 'is_pow2',
-           'atomic_write', 'rung_diff', 'make_config', 'config_diff', 'seed_everything', 'get_device', 'to_uint8',
-           'image_grid', 'show_images', 'save_image_grid']
+           'atomic_write', 'rung_diff', 'make_config', 'config_diff', 'seed_everything', 'get_device', 'record_value',
+           'to_uint8', 'image_grid', 'show_images', 'save_image_grid']
 
 # %% ../nbs/00_core.ipynb #0b4c5c0f
 RUNGS = ('A', 'B', 'C', 'D', 'E', 'F')
@@ -291,6 +291,16 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
         n = torch.cuda.device_count()
         check(dev.index is None or dev.index < n, f"device={device!r}: only {n} CUDA device(s) (0..{n - 1})", RuntimeError)
     return dev
+
+# %% ../nbs/00_core.ipynb #21097af6
+def record_value(name: str, value: float) -> float:
+    "Append `test id<TAB>name<TAB>value` to the file named by $SGXL_RECORD, if set (for tools/flaky.py); return `value`."
+    path = os.environ.get('SGXL_RECORD')
+    if path:
+        check('\t' not in name and '\n' not in name, f"record_value name {name!r}: no tabs or newlines")
+        test = os.environ.get('PYTEST_CURRENT_TEST', 'no test').rsplit(' (', 1)[0]   # 'tests/x.py::t (call)' -> id
+        with open(path, 'a') as f: f.write(f'{test}\t{name}\t{float(value)!r}\n')
+    return value
 
 # %% ../nbs/00_core.ipynb #05977668
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
