@@ -614,6 +614,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'sgxl.networks.read_export': ('networks.html#read_export', 'sgxl/networks.py'),
                                'sgxl.networks.read_network': ('networks.html#read_network', 'sgxl/networks.py'),
                                'sgxl.networks.read_release_pickle': ('networks.html#read_release_pickle', 'sgxl/networks.py'),
+                               'sgxl.networks.read_weights': ('networks.html#read_weights', 'sgxl/networks.py'),
                                'sgxl.networks.resolve_network': ('networks.html#resolve_network', 'sgxl/networks.py'),
                                'sgxl.networks.transfer_state': ('networks.html#transfer_state', 'sgxl/networks.py')},
             'sgxl.ops': { 'sgxl.ops.Activation': ('ops.html#activation', 'sgxl/ops.py'),
