@@ -20,8 +20,8 @@ import torch
 
 # %% auto #0
 __all__ = ['RUNGS', 'PRESETS', 'LITE0', 'DEIT_BASE', 'RUNG_DIFFS', 'TINY', 'TINY_RUNG', 'Config', 'check', 'is_pow2',
-           'atomic_write', 'rung_diff', 'make_config', 'config_diff', 'seed_everything', 'get_device', 'to_uint8',
-           'image_grid', 'show_images', 'save_image_grid']
+           'atomic_write', 'rung_diff', 'make_config', 'config_diff', 'seed_everything', 'get_device', 'record_value',
+           'to_uint8', 'image_grid', 'show_images', 'save_image_grid']
 
 # %% ../nbs/00_core.ipynb #0b4c5c0f
 RUNGS = ('A', 'B', 'C', 'D', 'E', 'F')
@@ -65,6 +65,7 @@ class Config:
     stem_resolution: int = 16           # resolution of the first stage; paper: 16
     stem_layers: int = 10               # synthesis layers of the stem (+ ToRGB); paper: 10 (11 with ToRGB)
     head_layers: int = 7                # layers each stage adds (+ ToRGB); paper: 7 (5 at 1024)
+    grow_up: int = 2                    # each stage multiplies the resolution by this; StyleGAN-XL's --up: 2 (or 4)
     stage_kimg: float = 0.0             # kimg per stage before growing (0 = grow when FID stops improving)
     stage_patience: int = 3             # FID evaluations without improvement before growing
     stage_batch: tuple[int, ...] = ()   # global batch of stage 0, 1, ...; stages past the tuple use `batch`; paper: 2048 at 16 and 32
@@ -123,6 +124,7 @@ class Config:
         check(self.preset in PRESETS, f"preset={self.preset!r}: choose 'paper' or 'tiny'")
         check(is_pow2(self.resolution) and 16 <= self.resolution <= 1024,
               f"resolution={self.resolution}: use a power of two from 16 to 1024")
+        check(self.grow_up in (2, 4), f"grow_up={self.grow_up!r}: each progressive stage grows by 2 or 4")
         check(self.num_critical >= 1 and self.num_layers > self.num_critical,
               f"num_layers={self.num_layers}, num_critical={self.num_critical}: need num_layers > num_critical >= 1")
         check(self.batch >= 1, f"batch={self.batch}: must be at least 1")
@@ -291,6 +293,16 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
         n = torch.cuda.device_count()
         check(dev.index is None or dev.index < n, f"device={device!r}: only {n} CUDA device(s) (0..{n - 1})", RuntimeError)
     return dev
+
+# %% ../nbs/00_core.ipynb #21097af6
+def record_value(name: str, value: float) -> float:
+    "Append `test id<TAB>name<TAB>value` to the file named by $SGXL_RECORD, if set (for tools/flaky.py); return `value`."
+    path = os.environ.get('SGXL_RECORD')
+    if path:
+        check('\t' not in name and '\n' not in name, f"record_value name {name!r}: no tabs or newlines")
+        test = os.environ.get('PYTEST_CURRENT_TEST', 'no test').rsplit(' (', 1)[0]   # 'tests/x.py::t (call)' -> id
+        with open(path, 'a') as f: f.write(f'{test}\t{name}\t{float(value)!r}\n')
+    return value
 
 # %% ../nbs/00_core.ipynb #05977668
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

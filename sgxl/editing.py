@@ -29,10 +29,10 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['CLIP_MODEL', 'CLIP_WEIGHTS', 'CLIP_SMALLEST', 'SPACES', 'DIRECTION_FORMAT', 'EDIT_EXAMPLES', 'clip_hub_files',
-           'cached_clip_weights', 'missing_clip_message', 'ClipModel', 'load_clip', 'style_layers', 'style_channels',
-           'style_offsets', 'TextDirection', 'render', 'edit_images', 'sample_latents', 'clip_loss', 'find_direction',
-           'sweep_figure', 'save_direction', 'load_direction', 'load_inversion', 'edit_parser', 'parse_strengths',
-           'parse_edit_args', 'edit_main']
+           'cached_clip_weights', 'offline', 'missing_clip_message', 'ClipModel', 'load_clip', 'style_layers',
+           'style_channels', 'style_offsets', 'TextDirection', 'render', 'edit_images', 'sample_latents', 'clip_loss',
+           'find_direction', 'sweep_figure', 'save_direction', 'load_direction', 'load_inversion', 'edit_parser',
+           'parse_strengths', 'parse_edit_args', 'edit_main']
 
 # %% ../nbs/17_text_editing.ipynb #c10aee76
 CLIP_MODEL = 'ViT-B-32-quickgelu'   # StyleMC's CLIP: OpenAI's ViT-B/32 (trained with QuickGELU)
@@ -57,6 +57,10 @@ def cached_clip_weights(model: str, tag: str) -> Path | None:
         hit = try_to_load_from_cache(repo, name)
         if isinstance(hit, str): return Path(hit)
     return None
+
+def offline() -> bool:
+    "No downloads: HF_HUB_OFFLINE (the hub's own switch) or SGXL_OFFLINE set to 1/true/yes/on."
+    return hub_offline() or os.environ.get('SGXL_OFFLINE', '').strip().lower() in ('1', 'true', 'yes', 'on')
 
 def missing_clip_message(model: str, tag: str, why: str) -> str:
     import huggingface_hub.constants as hf
@@ -140,7 +144,7 @@ def load_clip(model: str = CLIP_MODEL, weights: str = CLIP_WEIGHTS, device='cpu'
               f"{model.removesuffix('-quickgelu') + ('-quickgelu' if quick else '')}")
         path = cached_clip_weights(model, weights)
         if path is not None: net, source = _load_clip_file(model, path), f'cache:{path}'
-        elif hub_offline(): raise MissingWeightsError(missing_clip_message(model, weights, 'HF_HUB_OFFLINE is set'))
+        elif offline(): raise MissingWeightsError(missing_clip_message(model, weights, 'HF_HUB_OFFLINE / SGXL_OFFLINE is set'))
         elif not hub_reachable(): raise MissingWeightsError(missing_clip_message(model, weights, f'no connection to {hub_endpoint()}'))
         else: net, source = _open_clip_model(model, pretrained=weights), f'hub:{weights}'
     else:
@@ -390,7 +394,9 @@ def edit_parser() -> argparse.ArgumentParser:
                     'rest, then sweep its strength. Writes into --outdir: direction.safetensors + direction.json (the\n'
                     'direction, prompt, layers, CLIP model), edit.png (a row per seed or the inversion, a column per\n'
                     'strength) and edit.json (CLIP similarity to the prompt per strength).')
-    p.add_argument('--network', required=True, metavar='PATH', help='run folder or checkpoint (ckpt-*.json) to edit with')
+    p.add_argument('--network', required=True, metavar='PATH',
+                   help='the network the direction is found on: a run folder (its best or latest checkpoint), a checkpoint '
+                   'file (ckpt-*.json), a folder written by `sgxl export`, hf://USER/REPO or a release .pkl')
     p.add_argument('--prompt', metavar='TEXT', help='what the edit should show, e.g. "smile" (not needed with --direction)')
     p.add_argument('--neutral', metavar='TEXT', help='neutral prompt, e.g. "face": CLIP then follows prompt - neutral')
     p.add_argument('--class', dest='cls', type=int, metavar='K', help='class of the samples (default: each seed its own; '

@@ -126,7 +126,8 @@ def offline_empty_cache(tmp_path, monkeypatch):
     return cache
 
 
-def test_missing_clip_weights_offline_is_one_clear_error(offline_empty_cache):
+def test_missing_clip_weights_offline_is_one_clear_error(offline_empty_cache, monkeypatch):
+    import huggingface_hub.constants as hf
     t0 = time.time()
     with pytest.raises(MissingWeightsError) as e:
         ed.load_clip()
@@ -134,6 +135,11 @@ def test_missing_clip_weights_offline_is_one_clear_error(offline_empty_cache):
     assert time.time() - t0 < 5
     assert 'timm/vit_base_patch32_clip_224.openai' in msg and 'open_clip_model.safetensors' in msg
     assert '--clip-weights /path/to/open_clip_model.safetensors' in msg and '--clip-weights random' in msg
+    monkeypatch.delenv('HF_HUB_OFFLINE')
+    monkeypatch.setattr(hf, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setenv('SGXL_OFFLINE', '1')                                   # sgxl's own switch stops it too
+    with pytest.raises(MissingWeightsError, match='HF_HUB_OFFLINE / SGXL_OFFLINE is set'):
+        ed.load_clip()
     with pytest.raises(FileNotFoundError, match="no CLIP weight file at '/nowhere/w.safetensors'"):
         ed.load_clip(weights='/nowhere/w.safetensors')
     with pytest.raises(ValueError, match="neither a file nor a pretrained tag"):
@@ -223,6 +229,13 @@ def test_edit_cli_end_to_end_and_reuse(run, tmp_path, capsys):
     assert rc == 0, err
     assert (Image.open(out / 'edit.png').tobytes() == Image.open(again / 'edit.png').tobytes())
     assert json.loads((again / 'edit.json').read_text())['files'] == ['edit.png', 'edit.json']
+    # an exported network (`sgxl export`) edits the same
+    from sgxl.networks import export_network
+    exported = export_network(path.parent, tmp_path / 'exported')
+    rc, _, err = sgxl_cli(capsys, 'edit', '--network', exported, '--direction', out / 'direction.json', '--class', '3',
+                          '--seeds', '0-2', '--strengths', '-2,-1,0,1,2', '--scale', '2', '--outdir', tmp_path / 'exp')
+    assert rc == 0, err
+    assert Image.open(out / 'edit.png').tobytes() == Image.open(tmp_path / 'exp' / 'edit.png').tobytes()
 
 
 def test_edit_cli_on_an_inversion_folder(run, tmp_path, capsys):
