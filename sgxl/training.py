@@ -21,12 +21,12 @@ from safetensors.torch import load_file, save_file
 from .core import atomic_write, check, get_device
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'flatten_state', 'unflatten_state',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint',
-           'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed', 'rung_class', 'data_slug',
-           'new_run_dir', 'grid_latents', 'metric_key', 'Trainer', 'check_resume_changes', 'resolve_checkpoint',
-           'build_generator', 'load_generator', 'train_parser', 'parse_set', 'is_demo', 'parse_metrics',
-           'config_from_args', 'resume_changes_from_args', 'train_main']
+__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_METRICS', 'DEMO_TARGETS', 'flatten_state',
+           'unflatten_state', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints',
+           'latest_checkpoint', 'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed',
+           'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key', 'Trainer', 'check_resume_changes',
+           'resolve_checkpoint', 'build_generator', 'load_generator', 'train_parser', 'parse_set', 'is_demo',
+           'parse_metrics', 'config_from_args', 'resume_changes_from_args', 'demo_scores', 'demo_report', 'train_main']
 
 # %% ../nbs/10_training.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -590,10 +590,34 @@ def resume_changes_from_args(args) -> dict:
     if args.metrics is not None: changes['metrics'] = parse_metrics(args.metrics)
     return check_resume_changes({k: v for k, v in changes.items() if v is not None})
 
+DEMO_METRICS = ('dfd500', 'dacc500', 'ddiv500')  # the demo's report: sgxl.domain's metrics (no download), 500 samples
+DEMO_TARGETS = dict(dacc=0.8, dfd_ratio=0.5)      # visibly learnt: >= 80% read as their class, domain FD <= half of step 0's
+
+def demo_scores(trainer) -> dict[str, float]:
+    "The demo's domain metrics of G_ema now, against the current stage's data; the training RNG is left untouched."
+    from sgxl.metrics import compute_metrics
+    with torch.random.fork_rng(devices=[]):
+        return compute_metrics(DEMO_METRICS, trainer.rung.G_ema, trainer.dataset, device=trainer.device,
+                               seed=trainer.cfg.seed)
+
+def demo_report(before: dict[str, float], after: dict[str, float]) -> str:
+    "A table of the demo's metrics at step 0 and at the end, with its targets and whether they were met."
+    fd, acc, div = DEMO_METRICS
+    limit = DEMO_TARGETS['dfd_ratio'] * before[fd]
+    rows = [(f'domain Frechet distance ({fd})', before[fd], after[fd], f'<= {limit:.3g}', after[fd] <= limit),
+            (f'class accuracy ({acc})', before[acc], after[acc], f">= {DEMO_TARGETS['dacc']:.2f}",
+             after[acc] >= DEMO_TARGETS['dacc']),
+            (f'within-class diversity ({div}, data = 1)', before[div], after[div], '', None)]
+    lines = [f"{'demo metric':<42}{'step 0':>10}{'end':>10}  target", '-' * 76]
+    lines += [f"{n:<42}{b:>10.3f}{a:>10.3f}  {t}{'' if ok is None else (' met' if ok else ' NOT met')}"
+              for n, b, a, t, ok in rows]
+    return '\n'.join(lines)
+
 def train_main(argv: list[str] | None = None) -> int:
     "`sgxl train`: see --help."
     argv = list(sys.argv[1:] if argv is None else argv)
     args = train_parser().parse_args(argv)
+    demo = is_demo(args) and not args.resume                             # (config_from_args fills in args.cfg, args.data)
     try:
         cfg = None if args.resume else config_from_args(args)
         changes = resume_changes_from_args(args) if args.resume else None
@@ -605,7 +629,9 @@ def train_main(argv: list[str] | None = None) -> int:
             print(f'sgxl train: rung {trainer.cfg.cfg}, {trainer.cfg.preset} preset, {trainer.dataset.name}, '
                   f'{trainer.cfg.kimg:g} kimg -> {trainer.run_dir}')
             for line in (trainer.init_info or {}).get('report', []): print(f'sgxl train: --init: {line}')
+        before = demo_scores(trainer) if demo and trainer.is_main else None
         run_dir = trainer.run()
+        if before is not None: print(demo_report(before, demo_scores(trainer)))
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f'sgxl train: error: {e}', file=sys.stderr)
         return 1
