@@ -73,8 +73,9 @@ def continue_schedule(kept: Sequence[LayerSpec], resolution: int, num_layers: in
     return specs
 
 # %% ../nbs/07_config_d.ipynb #46753544
-def stage_resolutions(cfg: Config, up: int = 2) -> list[int]:
-    "Output resolution of every stage of `cfg`: stem_resolution, then `up` times more each stage, to resolution."
+def stage_resolutions(cfg: Config, up: int | None = None) -> list[int]:
+    "Output resolution of every stage of `cfg`: stem_resolution, then `up` (default cfg.grow_up) times more each stage."
+    up = cfg.grow_up if up is None else up
     check(isinstance(up, int) and is_pow2(up) and up >= 2, f"up={up!r}: grow by a power of two (2 or 4)")
     check(is_pow2(cfg.stem_resolution) and 8 <= cfg.stem_resolution <= cfg.resolution,
           f"stem_resolution={cfg.stem_resolution}: use a power of two from 8 to resolution={cfg.resolution} "
@@ -89,7 +90,7 @@ def head_layers_at(cfg: Config, resolution: int) -> int:
     "Synthesis layers the stage that reaches `resolution` adds: cfg.head_layers (paper 7), 2 fewer at 1024 (paper 5)."
     return max(cfg.head_layers - 2, cfg.num_critical) if resolution >= 1024 else cfg.head_layers
 
-def stage_schedule(cfg: Config, stage: int, up: int = 2, img_channels: int = 3) -> list[LayerSpec]:
+def stage_schedule(cfg: Config, stage: int, up: int | None = None, img_channels: int = 3) -> list[LayerSpec]:
     "The whole schedule of stage `stage` (0 = the stem) of `cfg`: the stem's, cut and continued `stage` times."
     resolutions = stage_resolutions(cfg, up)
     check(isinstance(stage, int) and 0 <= stage < len(resolutions),
@@ -156,11 +157,14 @@ def plot_growth(schedules: Sequence[Sequence[LayerSpec]], ax=None, title: str | 
 # %% ../nbs/07_config_d.ipynb #e74d6725
 class ProgressiveGenerator(Generator):
     """The StyleGAN3-T generator of stage `stage` of `cfg`'s progressive growing (rung D+): the stem's schedule
-    cut and continued `stage` times. From stage 1 on the mapping network, the Fourier input and every layer
-    before the current head are frozen (parameters and buffers); `grow()` adds the next stage in place."""
-    def __init__(self, cfg: Config, c_dim: int | None = None, stage: int = 0, img_channels: int = 3, up: int = 2):
+    cut and continued `stage` times. From stage 1 on the mapping network and every layer before the current
+    head are frozen (parameters and magnitude EMAs); the Fourier input and w_avg keep training, as released.
+    `grow()` adds the next stage in place."""
+    def __init__(self, cfg: Config, c_dim: int | None = None, stage: int = 0, img_channels: int = 3,
+                 up: int | None = None):
         check(isinstance(cfg, Config) and cfg.progressive, f"a progressive generator needs a config with "
               f"progressive=True (rung D and later: make_config('D', ...)); got {getattr(cfg, 'cfg', cfg)!r}")
+        up = cfg.grow_up if up is None else up                     # growth factor per stage (2, or 4)
         resolutions = stage_resolutions(cfg, up)
         schedule = stage_schedule(cfg, stage, up, img_channels)
         super().__init__(cfg.z_dim, cfg.c_dim if c_dim is None else c_dim, cfg.w_dim, resolutions[stage],
@@ -177,7 +181,7 @@ class ProgressiveGenerator(Generator):
 
     @classmethod
     def from_config(cls, cfg: Config, c_dim: int | None = None, img_channels: int = 3, stage: int = 0,
-                    up: int = 2) -> 'ProgressiveGenerator':
+                    up: int | None = None) -> 'ProgressiveGenerator':
         return cls(cfg, c_dim, stage, img_channels, up)
 
     @property
@@ -186,9 +190,9 @@ class ProgressiveGenerator(Generator):
     def num_frozen_layers(self) -> int: return self.head_start if self.stem_frozen else 0
 
     def frozen_modules(self) -> list[nn.Module]:
-        "Mapping network, Fourier input and the layers before the head while the stem is frozen; else []."
+        "Mapping network and the layers before the head while the stem is frozen (the Fourier input trains); else []."
         if not self.num_frozen_layers: return []
-        return [self.mapping, self.synthesis.input, *self.synthesis.layers[:self.head_start]]
+        return [self.mapping, *self.synthesis.layers[:self.head_start]]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         "Every parameter outside the frozen modules: what G's optimiser gets."
@@ -201,14 +205,14 @@ class ProgressiveGenerator(Generator):
         return self
 
     def freeze_stem(self, frozen: bool = True) -> 'ProgressiveGenerator':
-        "Freeze (or thaw) the mapping network, the Fourier input and the layers before the head, buffers included."
+        "Freeze (or thaw) the mapping network and the layers before the head (magnitude EMAs too; w_avg keeps updating)."
         for m in self.frozen_modules(): nn.Module.requires_grad_(m, True)         # thaw what was frozen ...
         self.stem_frozen = bool(frozen)
         for m in self.frozen_modules(): nn.Module.requires_grad_(m, False)        # ... and freeze what is now
         ema_frozen = self.synthesis.layer_kwargs['freeze_magnitude_ema']           # the config's choice (rung B+)
         for i, layer in enumerate(self.synthesis.layers):
             if isinstance(layer, SynthesisLayer): layer.freeze_magnitude_ema = ema_frozen or i < self.num_frozen_layers
-        self.mapping.freeze_w_avg = self.num_frozen_layers > 0
+        self.mapping.freeze_w_avg = False                                          # the release keeps tracking w
         return self
 
     def extra_repr(self) -> str:
@@ -216,7 +220,7 @@ class ProgressiveGenerator(Generator):
                 f"layers + ToRGB, {self.num_frozen_layers} frozen")
 
 def progressive_generator(cfg: Config, c_dim: int | None = None, stage: int = 0, img_channels: int = 3,
-                          up: int = 2) -> ProgressiveGenerator:
+                          up: int | None = None) -> ProgressiveGenerator:
     "The generator of stage `stage` of `cfg`, built directly (e.g. to load a checkpoint whose metadata says `stage`)."
     return ProgressiveGenerator(cfg, c_dim, stage, img_channels, up)
 
@@ -311,7 +315,7 @@ class StagePolicy:
               f"want stage_kimg >= 0, patience >= 1, min_delta >= 0")
 
     @classmethod
-    def from_config(cls, cfg: Config, up: int = 2) -> 'StagePolicy':
+    def from_config(cls, cfg: Config, up: int | None = None) -> 'StagePolicy':
         return cls(len(stage_resolutions(cfg, up)), cfg.stage_kimg, cfg.stage_patience)
 
     @property
@@ -355,16 +359,21 @@ class RungD(RungC):
     def data_resolution(cfg: Config) -> int: return cfg.stem_resolution      # the data the first stage trains on
 
     def make_networks(self) -> tuple[nn.Module, nn.Module]:
-        check(self.dataset is not None, "rung D computes its class embeddings from the dataset: pass dataset=")
+        self.base_cfg = self.cfg                                              # the run's; self.cfg: the stage's
+        self.stage_best, self.stage_best_fid = None, math.inf                 # the stage's best G_ema (by FID)
         cfg = self.cfg.replace(c_dim=self.c_dim)
         self.policy = StagePolicy.from_config(cfg)
         nets = feature_networks(cfg)
-        lite0 = next(n for n in nets if n.name == LITE0)
-        self.class_table = class_embeddings(self.dataset, lite0, device=self.device, progress=False).to(self.device)
+        self.class_table = None                                              # unlabelled data: no class embeddings
+        if self.c_dim:
+            check(self.dataset is not None, "rung D computes its class embeddings from the dataset: pass dataset=")
+            lite0 = next(n for n in nets if n.name == LITE0)
+            self.class_table = class_embeddings(self.dataset, lite0, device=self.device, progress=False).to(self.device)
         return self.stage_networks(0, nets)
 
     def stage_networks(self, stage: int, nets=None) -> tuple[nn.Module, nn.Module]:
-        "G (built for `stage`, with the class embedding) and a fresh D for it."
+        "G (built for `stage`, with the class embedding) and a fresh D for it; self.cfg becomes the stage's config."
+        self.cfg = self.stage_config(stage)
         cfg = self.cfg.replace(c_dim=self.c_dim)
         G = progressive_generator(cfg, self.c_dim, stage, self.img_channels)
         if self.c_dim: apply_class_embeddings(G.freeze_stem(False), None, self.class_table.cpu())
@@ -372,8 +381,16 @@ class RungD(RungC):
         D = restart_discriminator(cfg, self.c_dim, self.class_table.cpu() if self.c_dim else None, nets)
         return G, D
 
+    def stage_config(self, stage: int) -> Config:
+        "The run's config with stage `stage`'s batch and batch_gpu (stage_batch; the EMA half-life follows it)."
+        batch, batch_gpu = self.base_cfg.batch_at(stage)
+        return self.base_cfg.replace(batch=batch, batch_gpu=batch_gpu)
+
     @property
     def stage(self) -> int: return self.G.stage
+    def ema_nimg(self) -> int:
+        "Images of this stage: each stage restarts G_ema's ramp-up with its new head, as each released run does."
+        return self.nimg - round(self.policy.stage_start_kimg * 1000)
     def g_reg_active(self) -> bool:
         "Path length on the stem only: off in the super-resolution stages (StyleGAN-XL), see above."
         return super().g_reg_active() and self.stage == 0
@@ -381,11 +398,19 @@ class RungD(RungC):
         return blur_sigma_at(self.kimg - self.policy.stage_start_kimg, self.cfg.blur_sigma, self.cfg.blur_fade_kimg)
 
     def should_grow(self) -> bool: return self.policy.should_grow(self.kimg)
-    def record_fid(self, fid: float): self.policy.record_fid(fid)
+    def record_fid(self, fid: float):
+        "Note a FID of G_ema; keep a copy of G_ema when it is the stage's best (the next stage grows it)."
+        self.policy.record_fid(fid)
+        if self.base_cfg.stage_start == 'best' and fid < self.stage_best_fid:
+            self.stage_best_fid = float(fid)
+            self.stage_best = {k: v.detach().clone() for k, v in self.G_ema.state_dict().items()}
 
     def grow(self) -> int:
-        "Move to the next stage; returns its resolution (the data must be reloaded at it)."
+        "Move to the next stage from the finished stage's best G_ema (else its last); returns the new resolution."
+        if self.stage_best is not None: self.G_ema.load_state_dict(self.stage_best)
+        self.stage_best, self.stage_best_fid = None, math.inf
         self.policy.advance(self.kimg)
+        self.cfg = self.stage_config(self.policy.stage)
         G, G_ema = next_stage(self.G_ema)
         D = restart_discriminator(self.cfg.replace(c_dim=self.c_dim), self.c_dim,
                                   self.class_table.cpu() if self.c_dim else None, self.D.feature_nets)
@@ -395,15 +420,17 @@ class RungD(RungC):
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), 'stage': self.stage, 'policy': self.policy.state_dict(),
-                'class_table': self.class_table}
+                'class_table': self.class_table, 'stage_best': self.stage_best, 'stage_best_fid': self.stage_best_fid}
 
     def load_extra_state(self, state: dict):
         "Rebuild the networks of the checkpoint's stage (weights follow), then the policy and the table."
         super().load_extra_state(state)
-        if 'class_table' in state: self.class_table = state['class_table'].to(self.device)
+        if state.get('class_table') is not None: self.class_table = state['class_table'].to(self.device)
         if state.get('stage', 0) != self.stage:
             G, D = self.stage_networks(state['stage'], self.D.feature_nets)
             self.G, self.D = G.to(self.device).train(), D.to(self.device).train()
             self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
             self.make_optimizers()
         if 'policy' in state: self.policy.load_state_dict(state['policy'])
+        self.stage_best = state.get('stage_best')
+        self.stage_best_fid = float(state.get('stage_best_fid', math.inf))
