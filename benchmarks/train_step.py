@@ -2,17 +2,18 @@
 
     python benchmarks/train_step.py                    # tiny preset on CPU (every rung)
     python benchmarks/train_step.py --device cuda      # also the paper preset at 64x64 on the GPU
-    python benchmarks/train_step.py --compare --profile 12 --threads 2   # tiny: before/after issue 16, and where time goes
+    python benchmarks/train_step.py --profile 12                          # ... and where each rung's time goes
+    python benchmarks/train_step.py --compare --set margin_size=2 --threads 2   # tiny now vs changed, in one run
 
 Each rung is built as `sgxl train` builds it (built-in shapes, its class embeddings / guidance probe taken
 from the cache after the first run), warmed up, then timed over --steps steps. Peak memory: the process's
 resident-set high-water mark on CPU (approximate: it includes everything loaded so far), torch's allocator
 peak on CUDA. Prints one table.
 
---compare times every tiny rung twice in the same run: with the tiny sizes as they were before issue 16
-(TINY_BEFORE: the generator's 10-pixel margin and 64 px feature-network inputs) and as they are now, and
-prints both columns with the speed-up. --profile N prints the N functions (sgxl, timm, torch modules) with
-the most cumulative CPU time over the timed steps of each rung (cProfile).
+--compare times every tiny rung twice in the same run, as the tiny preset is ("before") and with the
+--set changes ("after"), and prints both columns with the speed-up: timings on a shared machine are only
+comparable side by side. --profile N prints the N functions (sgxl, timm, torch.nn.functional) with the
+most cumulative CPU time over the timed steps of each rung (cProfile, CPU time).
 """
 import cProfile
 import io
@@ -28,9 +29,6 @@ import torch
 from sgxl.core import DEIT_BASE as DEIT_B, RUNGS, make_config, seed_everything
 from sgxl.data import load
 from sgxl.training import rung_class
-
-# The tiny preset's values before issue 16 made it faster (see sgxl.core.TINY for the values now).
-TINY_BEFORE = dict(margin_size=10, feature_resolution=64)
 
 
 def build(cfg, device):
@@ -69,14 +67,14 @@ def time_rung(cfg, device, steps, warmup=1, profile=0):
     return sec, sec / n * 1000, peak, rung.resolution
 
 
-def compare(args):
-    "Every tiny rung with TINY_BEFORE and with the tiny preset now, in one run: s/kimg before, after, speed-up."
-    print(f'device {args.device}, {torch.get_num_threads()} CPU threads, median of {args.steps} steps; tiny preset, '
-          f'before = {TINY_BEFORE}\n')
+def compare(args, changes: dict):
+    "Every tiny rung as the preset is and with `changes`, in one run: s/kimg before, after, speed-up."
+    print(f'device {args.device}, {torch.get_num_threads()} CPU threads, median of {args.steps} steps; tiny preset '
+          f'(before) and tiny with {changes} (after)\n')
     rows, load1 = [], os.getloadavg()[0]
     for r in args.rungs.split(','):
-        before = time_rung(make_config(r, 'tiny', data='shapes:num_images=1000', **TINY_BEFORE), args.device, args.steps)
-        after = time_rung(make_config(r, 'tiny', data='shapes:num_images=1000'), args.device, args.steps, profile=args.profile)
+        before = time_rung(make_config(r, 'tiny', data='shapes:num_images=1000'), args.device, args.steps, profile=args.profile)
+        after = time_rung(make_config(r, 'tiny', data='shapes:num_images=1000', **changes), args.device, args.steps)
         rows.append((r, before[1], after[1]))
         print(f'{r}: before {before[1]:.0f} s/kimg, after {after[1]:.0f} s/kimg, {before[1] / after[1]:.2f}x', flush=True)
     print(f"\n{'rung':<6}{'before s/kimg':>15}{'after s/kimg':>15}{'speed-up':>10}")
@@ -92,14 +90,18 @@ def main():
     p.add_argument('--steps', type=int, default=3, help='timed steps per rung (median reported)')
     p.add_argument('--rungs', default=','.join(RUNGS), help='comma-separated rungs, e.g. A,B')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
-    p.add_argument('--compare', action='store_true', help='tiny rungs before and after issue 16 (TINY_BEFORE vs now)')
+    p.add_argument('--compare', action='store_true', help='tiny rungs as they are and with the --set changes, side by side')
+    p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help="config changes timed by --compare")
     p.add_argument('--profile', type=int, default=0, metavar='N', help='print the top N functions by CPU time per rung')
     p.add_argument('--presets', default=None,
                    help="comma-separated presets to time: tiny, paper (paper runs at 64x64, batch 64); "
                         "default 'tiny' on CPU, 'tiny,paper' on CUDA")
     args = p.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
-    if args.compare: return compare(args)
+    if args.compare:
+        if not args.set: p.error('--compare times the tiny preset against changes: give them with --set FIELD=VALUE')
+        from sgxl.training import parse_set
+        return compare(args, parse_set(args.set))
     # the paper's E/F use DeiT-B, whose weights come from the hub: timing does not depend on weight values, so
     # the benchmark asks for random ones by name (the training code itself never does this unasked)
     known = {'tiny': {}, 'paper': dict(resolution=64, batch=64)}
