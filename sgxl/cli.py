@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'generate': ('sgxl.explore:generate_main', 'sample a trained network: images per seed, class sheets, interpolation GIFs'),
     'invert': ('sgxl.inversion:invert_main', 'invert an image into a trained network (projection + PTI), report PSNR'),
     'ablate': ('sgxl.ablation:ablate_main', 'train rungs A..F side by side with the same budget and tabulate their metrics'),
+    'convert': ('sgxl.pretrained:convert_main', 'convert an official StyleGAN3-T / StyleGAN-XL .pkl into an sgxl network (no code run)'),
 }
 
 def build_parser() -> argparse.ArgumentParser:

@@ -464,8 +464,13 @@ def build_generator(cfg: Config, c_dim: int, stage: int = 0) -> torch.nn.Module:
     return Generator.from_config(cfg, c_dim)
 
 def load_generator(path, device='cpu', which: str = 'G_ema') -> tuple[torch.nn.Module, dict]:
-    "(G, meta) from a checkpoint or run folder; `which` is 'G_ema' (the one to evaluate) or 'G'."
+    """(G, meta) from a checkpoint or run folder; `which` is 'G_ema' (the one to evaluate) or 'G'. An official
+    StyleGAN3 / StyleGAN-XL .pkl or a network converted by `sgxl convert` loads too (its G_ema; 15_pretrained)."""
     check(which in ('G_ema', 'G'), f"which={which!r}: use 'G_ema' or 'G'")
+    from sgxl.pretrained import is_network_path, load_network_file
+    if is_network_path(path):
+        check(which == 'G_ema', f"{path} is a released network: it holds only G_ema, not {which}")
+        return load_network_file(path, get_device(device))
     state, meta = load_checkpoint(resolve_checkpoint(path), map_location='cpu')
     check('config' in meta and 'rung' in state, f"{path} is an sgxl checkpoint but not of a training run (no config)",
           CheckpointError)
