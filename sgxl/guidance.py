@@ -377,7 +377,7 @@ class RungF(RungD):
 
     def g_loss(self, b: Chunk):
         fake = self.generate(b)
-        loss = hinge_g_loss(self.discriminate(fake, b.c))                   # $-D(G(z))$
-        guide = guidance_loss(self.classifier, fake, b.c, self.cfg.cls_weight, self.resolution,
+        loss = hinge_g_loss(self.discriminate(fake, b.c_g), **self.adv_reduce())   # $-D(G(z))$, summed as released
+        guide = guidance_loss(self.classifier, fake, b.c_g, self.cfg.cls_weight, self.resolution,
                               self.cfg.cls_min_resolution) if self.classifier is not None else loss.new_zeros([])
         return loss + guide, {'loss/G': loss, 'loss/guidance': guide}

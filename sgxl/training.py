@@ -287,7 +287,7 @@ class Trainer:
 
     def set_data(self, resolution: int):
         "The dataset at `resolution` (each progressive stage has its own) and a fresh loader over it."
-        self.dataset = load(self.cfg.data, resolution=resolution)
+        self.dataset = load(self.cfg.data, resolution=resolution, xflip=self.cfg.mirror)   # --mirror: x-flips too
         self.loader = infinite_loader(self.dataset, self.cfg.batch // self.world, self.cfg.seed, self.rank,
                                       self.world, self.cfg.workers)
         if hasattr(self, 'rung'): self.rung.dataset = self.dataset
@@ -464,13 +464,8 @@ def build_generator(cfg: Config, c_dim: int, stage: int = 0) -> torch.nn.Module:
     return Generator.from_config(cfg, c_dim)
 
 def load_generator(path, device='cpu', which: str = 'G_ema') -> tuple[torch.nn.Module, dict]:
-    """(G, meta) from a checkpoint or run folder; `which` is 'G_ema' (the one to evaluate) or 'G'. An official
-    StyleGAN3 / StyleGAN-XL .pkl or a network converted by `sgxl convert` loads too (its G_ema; 15_pretrained)."""
+    "(G, meta) from a checkpoint or run folder; `which` is 'G_ema' (the one to evaluate) or 'G'."
     check(which in ('G_ema', 'G'), f"which={which!r}: use 'G_ema' or 'G'")
-    from sgxl.pretrained import is_network_path, load_network_file
-    if is_network_path(path):
-        check(which == 'G_ema', f"{path} is a released network: it holds only G_ema, not {which}")
-        return load_network_file(path, get_device(device))
     state, meta = load_checkpoint(resolve_checkpoint(path), map_location='cpu')
     check('config' in meta and 'rung' in state, f"{path} is an sgxl checkpoint but not of a training run (no config)",
           CheckpointError)
@@ -514,6 +509,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--metrics', help="comma-separated metrics at each snapshot, e.g. fid50k,kid50k, or 'none'")
     p.add_argument('--seed', type=int, help='random seed (default 0)')
     p.add_argument('--workers', type=int, help='DataLoader worker processes per GPU')
+    p.add_argument('--mirror', action='store_true', default=None,
+                   help='x-flip augmentation of the real data: every image also mirrored (every released '
+                        'StyleGAN-XL command uses it)')
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                    help='any config field (see sgxl.core.Config), e.g. --set r1_gamma=2 --set cls_weight=4')
     p.add_argument('--outdir', default='runs', help='where new run folders go (default: runs)')
@@ -550,7 +548,8 @@ def config_from_args(args) -> Config:
     preset = args.preset or ('tiny' if is_demo(args) else 'paper')
     args.cfg, args.data = args.cfg or 'F', args.data or 'shapes'
     overrides = {k: v for k, v in dict(data=args.data, kimg=args.kimg, batch=args.batch, batch_gpu=args.batch_gpu,
-                 snap_kimg=args.snap, seed=args.seed, workers=args.workers).items() if v is not None}
+                 snap_kimg=args.snap, seed=args.seed, workers=args.workers, mirror=args.mirror).items()
+                 if v is not None}
     if args.metrics is not None: overrides['metrics'] = parse_metrics(args.metrics)
     resolution = args.resolution
     if resolution is None and not re.fullmatch(r'[A-Za-z]\w*(:.*)?', args.data):
@@ -561,7 +560,8 @@ def config_from_args(args) -> Config:
 def resume_changes_from_args(args) -> dict:
     "With --resume: the config changes asked for (--kimg, --snap, --metrics, --workers); other options are an error."
     fixed = {'--cfg': args.cfg, '--data': args.data, '--preset': args.preset, '--resolution': args.resolution,
-             '--batch': args.batch, '--batch-gpu': args.batch_gpu, '--seed': args.seed, '--set': args.set or None}
+             '--batch': args.batch, '--batch-gpu': args.batch_gpu, '--seed': args.seed, '--set': args.set or None,
+             '--mirror': args.mirror}
     given = [k for k, v in fixed.items() if v is not None]
     check(not given, f"--resume continues a run with its stored config, so {', '.join(given)} cannot be given with it "
                      "(only --kimg, --snap, --metrics and --workers can); start a new run to change it")

@@ -142,7 +142,7 @@ import sys
 
 from sgxl.cli import main as sgxl_main
 from sgxl.pretrained import load_network_file
-from sgxl.training import load_generator
+from sgxl.explore import load_network
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +167,7 @@ def test_convert_then_generate_end_to_end(tmp_path, capsys):
     written = sorted(p.name for p in (tmp_path / 'out').iterdir())
     assert 'generate.json' in written and sum(n.endswith('.png') for n in written) >= 2
     for network in (tmp_path / 'net' / 'network.json', FIX / 'sg3t-32.pkl'):
-        G, _ = load_generator(network)
+        G, _ = load_network(network)
         assert G.img_resolution in (16, 32) and not G.training
 
 
