@@ -65,6 +65,7 @@ class Config:
     stem_resolution: int = 16           # resolution of the first stage; paper: 16
     stem_layers: int = 10               # synthesis layers of the stem (+ ToRGB); paper: 10 (11 with ToRGB)
     head_layers: int = 7                # layers each stage adds (+ ToRGB); paper: 7 (5 at 1024)
+    grow_up: int = 2                    # each stage multiplies the resolution by this; StyleGAN-XL's --up: 2 (or 4)
     stage_kimg: float = 0.0             # kimg per stage before growing (0 = grow when FID stops improving)
     stage_patience: int = 3             # FID evaluations without improvement before growing
     stage_batch: tuple[int, ...] = ()   # global batch of stage 0, 1, ...; stages past the tuple use `batch`; paper: 2048 at 16 and 32
@@ -123,6 +124,7 @@ class Config:
         check(self.preset in PRESETS, f"preset={self.preset!r}: choose 'paper' or 'tiny'")
         check(is_pow2(self.resolution) and 16 <= self.resolution <= 1024,
               f"resolution={self.resolution}: use a power of two from 16 to 1024")
+        check(self.grow_up in (2, 4), f"grow_up={self.grow_up!r}: each progressive stage grows by 2 or 4")
         check(self.num_critical >= 1 and self.num_layers > self.num_critical,
               f"num_layers={self.num_layers}, num_critical={self.num_critical}: need num_layers > num_critical >= 1")
         check(self.batch >= 1, f"batch={self.batch}: must be at least 1")

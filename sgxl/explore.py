@@ -278,8 +278,10 @@ def explore_figure(G: nn.Module, seed: int = 0, c: int | None = 0, psi: float = 
     return show_images(imgs, nrow=3, titles=titles, figsize=figsize,
                        suptitle=f'psi {psi:.2f}, move ({tx:+.2f}, {ty:+.2f}), rotate {angle:+.0f} deg')
 
-def explorer(G: nn.Module, max_seed: int = 1000):
-    "An ipywidgets explorer over `explore_figure`: seeds, classes, psi, t, space, translation and rotation."
+def explorer(G: nn.Module | str | Path, max_seed: int = 1000):
+    """An ipywidgets explorer over `explore_figure`: seeds, classes, psi, t, space, translation and rotation. `G` is
+    a generator, or anything --network takes (run, checkpoint, exported folder, hf://USER/REPO)."""
+    if isinstance(G, (str, Path)): G, _ = load_network(G)
     import ipywidgets as W
     import matplotlib.pyplot as plt
     from IPython.display import display

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -28,9 +29,10 @@ WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = 'model.safetensors', 'config.json', 'READ
 
 # %% auto #0
 __all__ = ['NETWORK_FORMAT', 'HUB_PREFIX', 'WEIGHTS_FILE', 'CONFIG_FILE', 'CARD_FILE', 'EXPORT_EXAMPLES', 'NetworkSource',
-           'is_export', 'resolve_network', 'parse_hub', 'hub_offline', 'hub_folder', 'read_export',
+           'is_export', 'resolve_network', 'parse_hub', 'hub_offline', 'hub_folder', 'read_weights', 'read_export',
            'read_release_pickle', 'read_network', 'export_checkpoint', 'metric_images', 'network_info', 'model_card',
-           'export_network', 'load_network', 'generate', 'export_parser', 'export_main']
+           'export_network', 'load_network', 'generate', 'network_state', 'class_table_keys', 'transfer_state',
+           'init_rung', 'export_parser', 'export_main']
 
 # %% ../nbs/16_networks.ipynb #eb44bc57
 @dataclass
@@ -98,6 +100,14 @@ def hub_folder(name: str) -> Path:
     return folder
 
 # %% ../nbs/16_networks.ipynb #fde3abf5
+def read_weights(folder) -> dict[str, torch.Tensor]:
+    "The tensors of an exported folder; a damaged file is a CheckpointError that says how to fix it."
+    path = Path(folder) / WEIGHTS_FILE
+    try: return load_file(str(path))
+    except Exception as e:                                            # safetensors' own error type: truncated, ...
+        raise CheckpointError(f"{path} cannot be read ({str(e)[:200]}): the file is damaged; export or download "
+                              f"it again") from e
+
 def read_export(folder) -> tuple[nn.Module, dict]:
     "(G_ema, meta) from a folder written by `sgxl export`."
     folder = Path(folder)
@@ -106,7 +116,7 @@ def read_export(folder) -> tuple[nn.Module, dict]:
           f"(format {info.get('format')!r}, expected {NETWORK_FORMAT!r})", CheckpointError)
     cfg = Config.from_dict(info['config'])
     G = build_generator(cfg, cfg.c_dim, int(info.get('stage', 0)))
-    try: G.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    try: G.load_state_dict(read_weights(folder))
     except RuntimeError as e:
         raise CheckpointError(f"{folder / WEIGHTS_FILE} does not fit the architecture in {CONFIG_FILE} ({str(e)[:300]}): "
                               f"export it again with `sgxl export`") from e
@@ -257,6 +267,90 @@ def generate(G: nn.Module | str | Path, seeds: Sequence[int] | int | str, classe
     seeds = parse_range(seeds) if isinstance(seeds, (int, str)) else [int(s) for s in seeds]
     with torch.no_grad(): images, _ = sample(G, seeds, classes, psi=float(truncation))   # (N, C, H, W) in [-1, 1]
     return to_uint8(images).cpu()
+
+# %% ../nbs/16_networks.ipynb #0187193a
+def network_state(source) -> tuple[dict, Config, dict]:
+    "({'G', 'G_ema', 'D' (None for an export)} state dicts, the source's config, its metadata) from any source."
+    src = resolve_network(source)
+    if src.kind == 'pickle': read_release_pickle(src.path)                 # a clear error, for now
+    if src.kind == 'export':
+        info = json.loads((src.path / CONFIG_FILE).read_text())
+        sd = read_weights(src.path)
+        return {'G': sd, 'G_ema': sd, 'D': None}, Config.from_dict(info['config']), {**info, 'source': src.name}
+    state, meta = load_checkpoint(src.path)
+    rung = state.get('rung', {})
+    check('config' in meta and 'G_ema' in rung, f"{src.path} is an sgxl checkpoint but not of a training run "
+          f"(no config or G_ema)", CheckpointError)
+    return ({'G': rung.get('G', rung['G_ema']), 'G_ema': rung['G_ema'], 'D': rung.get('D')},
+            Config.from_dict(meta['config']), {**meta, 'source': src.name})
+
+def class_table_keys(own: dict, theirs: dict, c_own: int, c_theirs: int) -> list[str]:
+    "Keys whose first axis counts classes and differs (c_theirs in the source, c_own here); all else equal."
+    if c_own == c_theirs: return []
+    return [k for k, v in own.items() if k in theirs and v.ndim >= 1 and theirs[k].ndim == v.ndim
+            and v.shape[0] == c_own and theirs[k].shape[0] == c_theirs and v.shape[1:] == theirs[k].shape[1:]]
+
+def transfer_state(module: nn.Module, theirs: dict, c_own: int, c_theirs: int) -> tuple[list[str], list[str]]:
+    """Copy `theirs` into `module` except class tables of another class count (left fresh). Returns (fresh keys,
+    mismatched keys); with any mismatch nothing is copied."""
+    own = module.state_dict()
+    fresh = class_table_keys(own, theirs, c_own, c_theirs)
+    bad = sorted(set(own) ^ set(theirs)) + [k for k in own if k in theirs and k not in fresh
+                                            and own[k].shape != theirs[k].shape]
+    if not bad: module.load_state_dict({k: (own[k] if k in fresh else theirs[k]) for k in own})
+    return fresh, bad
+
+# %% ../nbs/16_networks.ipynb #3293427f
+def _init_stage(trainer, src_cfg: Config, meta: dict) -> tuple[int, bool]:
+    "Progressive rungs: rebuild the rung at the source's stage; returns (that stage, grow once after loading?)."
+    from sgxl.growing import stage_resolutions
+    cfg, rung = trainer.cfg, trainer.rung
+    src_res = stage_resolutions(src_cfg)[int(meta.get('stage', 0))]
+    res = stage_resolutions(cfg)
+    check(src_res in res, f"--init {meta['source']}: its images are {src_res}px, which is not a stage of this run "
+          f"({' -> '.join(map(str, res))}); choose --resolution and --up so that {src_res} is one of them")
+    stage = res.index(src_res)
+    if stage != rung.stage:
+        G, D = rung.stage_networks(stage, rung.D.feature_nets)
+        rung.G, rung.D = G.to(rung.device).train(), D.to(rung.device).train()
+        rung.G_ema = copy.deepcopy(rung.G).eval().requires_grad_(False)
+    rung.policy.stage = stage
+    return stage, src_res < cfg.resolution
+
+def init_rung(trainer, source) -> dict:
+    "Start `trainer`'s rung from the weights of `source` (--init); returns what was taken, for the log and metadata."
+    nets, src_cfg, meta = network_state(source)
+    cfg, rung = trainer.cfg, trainer.rung
+    c_src, c_new = int(src_cfg.c_dim), int(rung.c_dim)
+    kinds = lambda c: 'class-conditional' if c else 'unconditional'
+    check(bool(c_src) == bool(c_new), f"--init {source}: the source is {kinds(c_src)} and this run is {kinds(c_new)} "
+          f"(its data has {c_new or 'no'} classes): the mapping network's input differs, so start from a network "
+          f"trained on {'labelled' if c_new else 'unlabelled'} data")
+    check(src_cfg.progressive == cfg.progressive, f"--init {source}: the source is rung {src_cfg.cfg} and this run "
+          f"rung {cfg.cfg}; a progressive rung (D..F) starts from a progressive network, rungs A..C from A..C")
+    stage, grow_after = _init_stage(trainer, src_cfg, meta) if cfg.progressive else (0, False)
+    report = []
+    for name in ('G', 'G_ema'):
+        fresh, bad = transfer_state(getattr(rung, name), nets[name], c_new, c_src)
+        check(not bad, f"--init {source}: {name}'s architecture differs from this run's ({', '.join(bad[:4])}"
+              f"{' ...' if len(bad) > 4 else ''}): use the source's preset and generator settings "
+              f"(sgxl train --dry-run shows this run's)", CheckpointError)
+    if fresh: report.append(f'{c_src} -> {c_new} classes: re-initialised the class tables ({", ".join(fresh)})')
+    where = f', stage {stage}' if cfg.progressive else ''
+    report.append(f'G and G_ema from {source} ({meta.get("kimg", "?")} kimg{where})')
+    if nets['D'] is None: report.append('D: fresh (the source holds no discriminator)')
+    else:
+        fresh_d, bad_d = transfer_state(rung.D, nets['D'], c_new, c_src)
+        report.append(f'D: fresh (its shapes differ: {", ".join(bad_d[:3])}{" ..." if len(bad_d) > 3 else ""})'
+                      if bad_d else f'D from {source}' + (f' (class tables fresh: {", ".join(fresh_d)})' if fresh_d else ''))
+    if grow_after:                                                             # the stage-wise recipe: the next head
+        resolution = rung.grow()
+        trainer.set_data(resolution)
+        report.append(f'grown to stage {rung.stage} ({resolution}px): earlier layers frozen, D restarted for the new head')
+    else:
+        rung.make_optimizers()
+        if rung.resolution != trainer.dataset.resolution: trainer.set_data(rung.resolution)   # a later stage's data
+    return {'source': str(source), 'kimg': meta.get('kimg'), 'classes': [c_src, c_new], 'report': report}
 
 # %% ../nbs/16_networks.ipynb #ff400157
 EXPORT_EXAMPLES = """examples:

@@ -21,12 +21,12 @@ from safetensors.torch import load_file, save_file
 from .core import atomic_write, check, get_device
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'flatten_state', 'unflatten_state',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint',
-           'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed', 'rung_class', 'data_slug',
-           'new_run_dir', 'grid_latents', 'metric_key', 'Trainer', 'check_resume_changes', 'resolve_checkpoint',
-           'build_generator', 'load_generator', 'train_parser', 'parse_set', 'is_demo', 'parse_metrics',
-           'config_from_args', 'resume_changes_from_args', 'train_main']
+__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_METRICS', 'DEMO_TARGETS', 'flatten_state',
+           'unflatten_state', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints',
+           'latest_checkpoint', 'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed',
+           'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key', 'Trainer', 'check_resume_changes',
+           'resolve_checkpoint', 'build_generator', 'load_generator', 'train_parser', 'parse_set', 'is_demo',
+           'parse_metrics', 'config_from_args', 'resume_changes_from_args', 'demo_scores', 'demo_report', 'train_main']
 
 # %% ../nbs/10_training.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -261,7 +261,9 @@ def metric_key(results: dict) -> float | None:
 class Trainer:
     "One training run: data, the rung, the loop, snapshots, checkpoints. Every rank trains; rank 0 writes."
     def __init__(self, cfg: Config, outdir='runs', resume=None, device=None, progress: bool = True,
-                 keep: int = 3, log_kimg: float | None = None, resume_changes: dict | None = None):
+                 keep: int = 3, log_kimg: float | None = None, resume_changes: dict | None = None, init=None):
+        check(init is None or resume is None, "--init starts a new run from a network's weights, --resume continues "
+              "a run: give one of them")
         self.rank, self.world, self.device = init_distributed(device)
         self.progress, self.keep = progress, keep
         resume_path = self.find_resume(resume)
@@ -277,6 +279,10 @@ class Trainer:
         self.set_data(cls.data_resolution(cfg) if getattr(cls, 'progressive', False) else cfg.resolution)
         self.cfg = cfg = cfg.replace(c_dim=self.dataset.num_classes)
         self.rung = cls(cfg, self.device, dataset=self.dataset, rank=self.rank, world=self.world)
+        self.init_info = None
+        if init is not None:                                                   # weights of another network (16_networks)
+            from sgxl.networks import init_rung
+            self.init_info = init_rung(self, init)
         self.step_index, self.results = 0, {}
         self.run_dir = resume_path.parent if resume_path is not None else (new_run_dir(outdir, cfg) if self.is_main else None)
         if resume_path is not None: self.load(resume_path)
@@ -326,7 +332,8 @@ def _trainer_meta(self) -> dict:
             'stage': getattr(self.rung, 'stage', 0), 'resolution': self.rung.resolution,
             'dataset': getattr(self.dataset, 'name', str(self.cfg.data)), 'metrics': self.results,
             'fid': metric_key(self.results), 'feature_weights': D_sources, 'sgxl_version': __version__,
-            'world_size': self.world, 'saved_at': time.strftime('%Y-%m-%d %H:%M:%S')}
+            'world_size': self.world, 'saved_at': time.strftime('%Y-%m-%d %H:%M:%S'),
+            **({'init': self.init_info} if self.init_info else {})}
 
 def _trainer_save(self) -> Path | None:
     "Write a checkpoint (rank 0); the other ranks hold identical state and write nothing."
@@ -489,6 +496,8 @@ TRAIN_EXAMPLES = """examples:
   sgxl train --resume runs/00003-F-paper-in128-128  # continue a run where its last checkpoint left it
   sgxl train --resume runs/00003-F-paper-in128-128 --kimg 20000   # ... and train it longer than first planned
   sgxl train --cfg B --preset tiny --set blur_sigma=1.0 --set diffaug=color --dry-run
+  sgxl train --cfg F --data pets.zip --init runs/00003-F-paper-in128-128   # fine-tune on new data (new classes ok)
+  sgxl train --cfg F --data in128.zip --resolution 128 --up 2 --init runs/00004-F-paper-in128-64  # the next stage
 """
 
 def train_parser() -> argparse.ArgumentParser:
@@ -517,6 +526,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--outdir', default='runs', help='where new run folders go (default: runs)')
     p.add_argument('--resume', help='a run folder or checkpoint to continue with its stored config; only --kimg, '
                                     '--snap, --metrics and --workers may change it (e.g. --kimg to train longer)')
+    p.add_argument('--init', metavar='SOURCE', help='start a new run from the weights of SOURCE: a run folder, a '
+                   'checkpoint, an exported folder or hf://USER/REPO. New data is allowed; another number of classes '
+                   're-initialises the class tables; D is taken when its shapes match. For rungs D..F a source of a '
+                   'lower resolution is grown: the run trains the next stage (StyleGAN-XL\'s stage-wise recipe)')
+    p.add_argument('--up', type=int, choices=(2, 4), help='progressive rungs (D..F): each stage multiplies the '
+                   'resolution by 2 (default) or 4 (config field grow_up)')
     p.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda'")
     p.add_argument('--keep', type=int, default=3, help='checkpoints to keep besides the best (default 3)')
     p.add_argument('--dry-run', action='store_true', help='print the resolved config and exit')
@@ -548,8 +563,8 @@ def config_from_args(args) -> Config:
     preset = args.preset or ('tiny' if is_demo(args) else 'paper')
     args.cfg, args.data = args.cfg or 'F', args.data or 'shapes'
     overrides = {k: v for k, v in dict(data=args.data, kimg=args.kimg, batch=args.batch, batch_gpu=args.batch_gpu,
-                 snap_kimg=args.snap, seed=args.seed, workers=args.workers, mirror=args.mirror).items()
-                 if v is not None}
+                 snap_kimg=args.snap, seed=args.seed, workers=args.workers, mirror=args.mirror,
+                 grow_up=args.up).items() if v is not None}
     if args.metrics is not None: overrides['metrics'] = parse_metrics(args.metrics)
     resolution = args.resolution
     if resolution is None and not re.fullmatch(r'[A-Za-z]\w*(:.*)?', args.data):
@@ -561,7 +576,7 @@ def resume_changes_from_args(args) -> dict:
     "With --resume: the config changes asked for (--kimg, --snap, --metrics, --workers); other options are an error."
     fixed = {'--cfg': args.cfg, '--data': args.data, '--preset': args.preset, '--resolution': args.resolution,
              '--batch': args.batch, '--batch-gpu': args.batch_gpu, '--seed': args.seed, '--set': args.set or None,
-             '--mirror': args.mirror}
+             '--mirror': args.mirror, '--up': args.up, '--init': args.init}
     given = [k for k, v in fixed.items() if v is not None]
     check(not given, f"--resume continues a run with its stored config, so {', '.join(given)} cannot be given with it "
                      "(only --kimg, --snap, --metrics and --workers can); start a new run to change it")
@@ -569,21 +584,48 @@ def resume_changes_from_args(args) -> dict:
     if args.metrics is not None: changes['metrics'] = parse_metrics(args.metrics)
     return check_resume_changes({k: v for k, v in changes.items() if v is not None})
 
+DEMO_METRICS = ('dfd500', 'dacc500', 'ddiv500')  # the demo's report: sgxl.domain's metrics (no download), 500 samples
+DEMO_TARGETS = dict(dacc=0.8, dfd_ratio=0.5)      # visibly learnt: >= 80% read as their class, domain FD <= half of step 0's
+
+def demo_scores(trainer) -> dict[str, float]:
+    "The demo's domain metrics of G_ema now, against the current stage's data; the training RNG is left untouched."
+    from sgxl.metrics import compute_metrics
+    with torch.random.fork_rng(devices=[]):
+        return compute_metrics(DEMO_METRICS, trainer.rung.G_ema, trainer.dataset, device=trainer.device,
+                               seed=trainer.cfg.seed)
+
+def demo_report(before: dict[str, float], after: dict[str, float]) -> str:
+    "A table of the demo's metrics at step 0 and at the end, with its targets and whether they were met."
+    fd, acc, div = DEMO_METRICS
+    limit = DEMO_TARGETS['dfd_ratio'] * before[fd]
+    rows = [(f'domain Frechet distance ({fd})', before[fd], after[fd], f'<= {limit:.3g}', after[fd] <= limit),
+            (f'class accuracy ({acc})', before[acc], after[acc], f">= {DEMO_TARGETS['dacc']:.2f}",
+             after[acc] >= DEMO_TARGETS['dacc']),
+            (f'within-class diversity ({div}, data = 1)', before[div], after[div], '', None)]
+    lines = [f"{'demo metric':<42}{'step 0':>10}{'end':>10}  target", '-' * 76]
+    lines += [f"{n:<42}{b:>10.3f}{a:>10.3f}  {t}{'' if ok is None else (' met' if ok else ' NOT met')}"
+              for n, b, a, t, ok in rows]
+    return '\n'.join(lines)
+
 def train_main(argv: list[str] | None = None) -> int:
     "`sgxl train`: see --help."
     argv = list(sys.argv[1:] if argv is None else argv)
     args = train_parser().parse_args(argv)
+    demo = is_demo(args) and not args.resume                             # (config_from_args fills in args.cfg, args.data)
     try:
         cfg = None if args.resume else config_from_args(args)
         changes = resume_changes_from_args(args) if args.resume else None
         if args.dry_run:
             print(cfg.to_json() if cfg else Path(resolve_checkpoint(args.resume)).read_text()[:2000]); return 0
         trainer = Trainer(cfg, outdir=args.outdir, resume=args.resume, device=args.device,
-                          progress=not args.quiet, keep=args.keep, resume_changes=changes)
+                          progress=not args.quiet, keep=args.keep, resume_changes=changes, init=args.init)
         if trainer.is_main:
             print(f'sgxl train: rung {trainer.cfg.cfg}, {trainer.cfg.preset} preset, {trainer.dataset.name}, '
                   f'{trainer.cfg.kimg:g} kimg -> {trainer.run_dir}')
+            for line in (trainer.init_info or {}).get('report', []): print(f'sgxl train: --init: {line}')
+        before = demo_scores(trainer) if demo and trainer.is_main else None
         run_dir = trainer.run()
+        if before is not None: print(demo_report(before, demo_scores(trainer)))
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f'sgxl train: error: {e}', file=sys.stderr)
         return 1

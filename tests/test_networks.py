@@ -95,6 +95,12 @@ def test_bad_exports(run, exported, tmp_path, capsys):
     (broken / 'config.json').write_text(json.dumps(info))
     with pytest.raises(RuntimeError, match='does not fit the architecture'):
         sgxl.load_network(broken)
+    damaged = tmp_path / 'damaged'
+    shutil.copytree(exported, damaged)
+    weights = damaged / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:1000])                                  # a truncated download
+    assert ex.generate_main(['--network', str(damaged), '--outdir', str(tmp_path / 'o')]) == 1
+    assert 'the file is damaged; export or download it again' in capsys.readouterr().err
     (tmp_path / 'release.pkl').write_bytes(b'not read')                                 # sgxl.pretrained reads .pkl
     with pytest.raises(ValueError, match='not a (readable network|release) pickle'):
         sgxl.load_network(tmp_path / 'release.pkl')
@@ -133,3 +139,9 @@ def test_metrics_on_a_hub_network(run, exported, tmp_path, monkeypatch, capsys):
     assert metrics_main(['--network', 'hf://someone/sgxl-shapes', '--metrics', 'rfid8', '--device', 'cpu']) == 0
     saved = json.loads((tmp_path / 'someone--sgxl-shapes.metrics.json').read_text())
     assert saved['data'] == 'shapes:num_images=40' and np.isfinite(saved['metrics']['rfid8'])
+
+
+def test_explorer_takes_a_network_name(exported):
+    "The widget explorer, like --network, takes an exported folder (or run, checkpoint, hf://) as well as a G."
+    import ipywidgets
+    assert isinstance(ex.explorer(str(exported)), ipywidgets.VBox)
