@@ -576,7 +576,10 @@ def config_from_args(args) -> Config:
     if resolution is None and not re.fullmatch(r'[A-Za-z]\w*(:.*)?', args.data):
         resolution = load(args.data).resolution                              # the files' own resolution
     if resolution is not None: overrides['resolution'] = resolution
-    return make_config(args.cfg, preset, **{**overrides, **parse_set(args.set)})
+    cfg = make_config(args.cfg, preset, **{**overrides, **parse_set(args.set)})
+    check(args.up is None or cfg.progressive, f"--up {args.up}: rung {cfg.cfg} does not grow; --up sets the growth "
+          f"per stage of the progressive rungs D..F")
+    return cfg
 
 def resume_changes_from_args(args) -> dict:
     "With --resume: the config changes asked for (--kimg, --snap, --metrics, --workers); other options are an error."

@@ -141,3 +141,10 @@ def test_finetune_a_progressive_network_at_its_own_stage_on_new_classes(stem16, 
     fresh = set(nw.class_table_keys(mine, src['G_ema'], 3, 10))
     assert 'mapping.embed.table' in fresh
     assert all(torch.equal(v, src['G_ema'][k]) for k, v in mine.items() if k not in fresh)
+
+
+def test_up_is_for_progressive_rungs(capsys):
+    assert train_main(['--cfg', 'B', '--preset', 'tiny', '--up', '4', '--dry-run']) == 1
+    assert '--up 4: rung B does not grow' in capsys.readouterr().err
+    assert train_main(['--cfg', 'D', '--preset', 'tiny', '--up', '4', '--resolution', '64', '--dry-run']) == 0
+    assert '"grow_up": 4' in capsys.readouterr().out
