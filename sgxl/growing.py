@@ -41,9 +41,10 @@ def continue_schedule(kept: Sequence[LayerSpec], resolution: int, num_layers: in
                       last_stopband_rel: float = 2 ** 0.3, img_channels: int = 3) -> list[LayerSpec]:
     """The head that continues `kept` (from `cut_critical`) to `resolution`: num_layers synthesis layers + ToRGB.
 
-    Cutoff and minimum stopband climb geometrically from the last kept point to resolution/2 and
-    last_stopband_rel * resolution/2, reached at the first of the `num_critical` critically sampled layers;
-    sampling rates, transition bands, sizes and channels follow StyleGAN3's rules at `resolution`."""
+    The first head layer keeps the last kept point's cutoff f_c and its stopband f_c + f_h; from there cutoff
+    and stopband climb geometrically to resolution/2 and last_stopband_rel * resolution/2, reached after the
+    head's num_layers - num_critical non-critical layers (StyleGAN-XL's release); sampling rates, transition
+    bands, sizes and channels follow StyleGAN3's rules at `resolution`."""
     check(len(kept) >= 1, "continue_schedule needs the kept points (cut_critical(schedule)), got none")
     start = kept[-1]
     check(start.name != 'ToRGB' and not start.critical and start.size == start.sampling_rate + 2 * margin,
@@ -56,17 +57,18 @@ def continue_schedule(kept: Sequence[LayerSpec], resolution: int, num_layers: in
           f"num_layers={num_layers}, num_critical={num_critical}: a head needs num_layers >= num_critical >= 1")
     last_cutoff = resolution / 2                                   # $f_{c,N} = R'/2$
     last_stopband = last_cutoff * last_stopband_rel                # $f_{t,N} = 2^{0.3} f_{c,N}$
-    steps = num_layers - num_critical + 1                          # from point p to the first critical layer
+    steps = num_layers - num_critical                              # non-critical head layers: the climb
+    first_stopband = start.cutoff + start.half_width               # $f_{t,0} = f_c[p] + f_h[p]$
     specs = []
-    for j in range(1, num_layers + 2):                             # j = num_layers + 1 is ToRGB
-        e = min(j / steps, 1.0)
-        # $f_c[p+j] = f_c[p] (f_{c,N}/f_c[p])^{e_j}$,  $f_t[p+j] = f_t[p] (f_{t,N}/f_t[p])^{e_j}$
+    for j in range(num_layers + 1):                                # j = 0: first head layer, j = num_layers: ToRGB
+        e = min(j / steps, 1.0) if steps else 1.0
+        # $f_c = f_c[p] (f_{c,N}/f_c[p])^{e_j}$,  $f_t = f_{t,0} (f_{t,N}/f_{t,0})^{e_j}$
         fc = last_cutoff if e == 1 else start.cutoff * (last_cutoff / start.cutoff) ** e
-        ft = last_stopband if e == 1 else start.stopband * (last_stopband / start.stopband) ** e
+        ft = last_stopband if e == 1 else first_stopband * (last_stopband / first_stopband) ** e
         s = 2 ** math.ceil(math.log2(min(2 * ft, resolution)) - 1e-9)   # $s = 2^{\lceil\log_2\min(2f_t, R')\rceil}$
         fh = max(ft, s / 2) - fc                                   # $f_h = \max(f_t, s/2) - f_c$
-        i, rgb = start.index + j, j == num_layers + 1
-        size = resolution if j >= num_layers else s + 2 * margin   # the last layer and ToRGB: no margin
+        i, rgb = start.index + 1 + j, j == num_layers
+        size = resolution if j >= num_layers - 1 else s + 2 * margin   # the last layer and ToRGB: no margin
         ch = img_channels if rgb else min(round(channel_base / (2 * fc)), channel_max)
         specs.append(LayerSpec(i, 'ToRGB' if rgb else f'L{i}', fc, ft, int(s), fh, int(size), int(ch),
                                bool(fc >= s / 2)))
@@ -157,8 +159,9 @@ def plot_growth(schedules: Sequence[Sequence[LayerSpec]], ax=None, title: str | 
 # %% ../nbs/07_config_d.ipynb #e74d6725
 class ProgressiveGenerator(Generator):
     """The StyleGAN3-T generator of stage `stage` of `cfg`'s progressive growing (rung D+): the stem's schedule
-    cut and continued `stage` times. From stage 1 on the mapping network, the Fourier input and every layer
-    before the current head are frozen (parameters and buffers); `grow()` adds the next stage in place."""
+    cut and continued `stage` times. From stage 1 on the mapping network and every layer before the current
+    head are frozen (parameters and magnitude EMAs); the Fourier input and w_avg keep training, as released.
+    `grow()` adds the next stage in place."""
     def __init__(self, cfg: Config, c_dim: int | None = None, stage: int = 0, img_channels: int = 3,
                  up: int | None = None):
         check(isinstance(cfg, Config) and cfg.progressive, f"a progressive generator needs a config with "
@@ -189,9 +192,9 @@ class ProgressiveGenerator(Generator):
     def num_frozen_layers(self) -> int: return self.head_start if self.stem_frozen else 0
 
     def frozen_modules(self) -> list[nn.Module]:
-        "Mapping network, Fourier input and the layers before the head while the stem is frozen; else []."
+        "Mapping network and the layers before the head while the stem is frozen (the Fourier input trains); else []."
         if not self.num_frozen_layers: return []
-        return [self.mapping, self.synthesis.input, *self.synthesis.layers[:self.head_start]]
+        return [self.mapping, *self.synthesis.layers[:self.head_start]]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         "Every parameter outside the frozen modules: what G's optimiser gets."
@@ -204,14 +207,14 @@ class ProgressiveGenerator(Generator):
         return self
 
     def freeze_stem(self, frozen: bool = True) -> 'ProgressiveGenerator':
-        "Freeze (or thaw) the mapping network, the Fourier input and the layers before the head, buffers included."
+        "Freeze (or thaw) the mapping network and the layers before the head (magnitude EMAs too; w_avg keeps updating)."
         for m in self.frozen_modules(): nn.Module.requires_grad_(m, True)         # thaw what was frozen ...
         self.stem_frozen = bool(frozen)
         for m in self.frozen_modules(): nn.Module.requires_grad_(m, False)        # ... and freeze what is now
         ema_frozen = self.synthesis.layer_kwargs['freeze_magnitude_ema']           # the config's choice (rung B+)
         for i, layer in enumerate(self.synthesis.layers):
-            if isinstance(layer, SynthesisLayer): layer.freeze_magnitude_ema = ema_frozen or i < self.num_frozen_layers
-        self.mapping.freeze_w_avg = self.num_frozen_layers > 0
+            if isinstance(layer, (SynthesisLayer, ToRGB)): layer.freeze_magnitude_ema = ema_frozen or i < self.num_frozen_layers
+        self.mapping.freeze_w_avg = False                                          # the release keeps tracking w
         return self
 
     def extra_repr(self) -> str:
@@ -230,7 +233,7 @@ def _head_modules(G: Generator, points: Sequence[LayerSpec]) -> nn.ModuleList:
     io = layer_io(list(points))[1:]                                # (input point, output point) per new layer
     with torch.device(ref.weight.device):
         layers = [SynthesisLayer(G.w_dim, a, b, **syn.layer_kwargs) for a, b in io[:-1]]
-        layers.append(ToRGB(G.w_dim, *io[-1], conv_clamp=syn.layer_kwargs['conv_clamp']))
+        layers.append(ToRGB(G.w_dim, *io[-1], **syn.torgb_kwargs))
     head = nn.ModuleList(layers).to(ref.weight.dtype).train(G.training)
     return set_ops_impl(head, ref.impl)
 
@@ -358,6 +361,8 @@ class RungD(RungC):
     def data_resolution(cfg: Config) -> int: return cfg.stem_resolution      # the data the first stage trains on
 
     def make_networks(self) -> tuple[nn.Module, nn.Module]:
+        self.base_cfg = self.cfg                                              # the run's; self.cfg: the stage's
+        self.stage_best, self.stage_best_fid = None, math.inf                 # the stage's best G_ema (by FID)
         cfg = self.cfg.replace(c_dim=self.c_dim)
         self.policy = StagePolicy.from_config(cfg)
         nets = feature_networks(cfg)
@@ -369,7 +374,8 @@ class RungD(RungC):
         return self.stage_networks(0, nets)
 
     def stage_networks(self, stage: int, nets=None) -> tuple[nn.Module, nn.Module]:
-        "G (built for `stage`, with the class embedding) and a fresh D for it."
+        "G (built for `stage`, with the class embedding) and a fresh D for it; self.cfg becomes the stage's config."
+        self.cfg = self.stage_config(stage)
         cfg = self.cfg.replace(c_dim=self.c_dim)
         G = progressive_generator(cfg, self.c_dim, stage, self.img_channels)
         if self.c_dim: apply_class_embeddings(G.freeze_stem(False), None, self.class_table.cpu())
@@ -377,8 +383,16 @@ class RungD(RungC):
         D = restart_discriminator(cfg, self.c_dim, self.class_table.cpu() if self.c_dim else None, nets)
         return G, D
 
+    def stage_config(self, stage: int) -> Config:
+        "The run's config with stage `stage`'s batch and batch_gpu (stage_batch; the EMA half-life follows it)."
+        batch, batch_gpu = self.base_cfg.batch_at(stage)
+        return self.base_cfg.replace(batch=batch, batch_gpu=batch_gpu)
+
     @property
     def stage(self) -> int: return self.G.stage
+    def ema_nimg(self) -> int:
+        "Images of this stage: each stage restarts G_ema's ramp-up with its new head, as each released run does."
+        return self.nimg - round(self.policy.stage_start_kimg * 1000)
     def g_reg_active(self) -> bool:
         "Path length on the stem only: off in the super-resolution stages (StyleGAN-XL), see above."
         return super().g_reg_active() and self.stage == 0
@@ -386,11 +400,19 @@ class RungD(RungC):
         return blur_sigma_at(self.kimg - self.policy.stage_start_kimg, self.cfg.blur_sigma, self.cfg.blur_fade_kimg)
 
     def should_grow(self) -> bool: return self.policy.should_grow(self.kimg)
-    def record_fid(self, fid: float): self.policy.record_fid(fid)
+    def record_fid(self, fid: float):
+        "Note a FID of G_ema; keep a copy of G_ema when it is the stage's best (the next stage grows it)."
+        self.policy.record_fid(fid)
+        if self.base_cfg.stage_start == 'best' and fid < self.stage_best_fid:
+            self.stage_best_fid = float(fid)
+            self.stage_best = {k: v.detach().clone() for k, v in self.G_ema.state_dict().items()}
 
     def grow(self) -> int:
-        "Move to the next stage; returns its resolution (the data must be reloaded at it)."
+        "Move to the next stage from the finished stage's best G_ema (else its last); returns the new resolution."
+        if self.stage_best is not None: self.G_ema.load_state_dict(self.stage_best)
+        self.stage_best, self.stage_best_fid = None, math.inf
         self.policy.advance(self.kimg)
+        self.cfg = self.stage_config(self.policy.stage)
         G, G_ema = next_stage(self.G_ema)
         D = restart_discriminator(self.cfg.replace(c_dim=self.c_dim), self.c_dim,
                                   self.class_table.cpu() if self.c_dim else None, self.D.feature_nets)
@@ -400,7 +422,7 @@ class RungD(RungC):
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), 'stage': self.stage, 'policy': self.policy.state_dict(),
-                'class_table': self.class_table}
+                'class_table': self.class_table, 'stage_best': self.stage_best, 'stage_best_fid': self.stage_best_fid}
 
     def load_extra_state(self, state: dict):
         "Rebuild the networks of the checkpoint's stage (weights follow), then the policy and the table."
@@ -412,3 +434,5 @@ class RungD(RungC):
             self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
             self.make_optimizers()
         if 'policy' in state: self.policy.load_state_dict(state['policy'])
+        self.stage_best = state.get('stage_best')
+        self.stage_best_fid = float(state.get('stage_best_fid', math.inf))

@@ -271,7 +271,8 @@ class Trainer:
             cfg = Config.from_dict(self.checked(resume_path, lambda p: json.loads(p.read_text()))['meta']['config'])
             cfg = cfg.replace(**check_resume_changes(resume_changes or {}))      # but for its length, snapshots, ...
         check(cfg is not None, 'give a config, or a run folder / checkpoint to resume')
-        check(cfg.batch % self.world == 0, f"batch={cfg.batch} must be divisible by the {self.world} processes")
+        for b in (cfg.batch, *cfg.stage_batch):
+            check(b % self.world == 0, f"batch={b} must be divisible by the {self.world} processes")
         self.cfg = cfg
         self.log_kimg = log_kimg or min(1.0, cfg.snap_kimg / 4)
         seed_everything(cfg.seed)                                              # the same on every rank
@@ -291,10 +292,15 @@ class Trainer:
     @property
     def is_main(self) -> bool: return self.rank == 0
 
+    def batch_now(self) -> tuple[int, int | None]:
+        "(batch, batch_gpu) of the current stage: the rung's stage config once it exists, else stage 0's."
+        if hasattr(self, 'rung'): return self.rung.cfg.batch, self.rung.cfg.batch_gpu
+        return self.cfg.batch_at(0) if self.cfg.progressive else (self.cfg.batch, self.cfg.batch_gpu)
+
     def set_data(self, resolution: int):
         "The dataset at `resolution` (each progressive stage has its own) and a fresh loader over it."
         self.dataset = load(self.cfg.data, resolution=resolution, xflip=self.cfg.mirror)   # --mirror: x-flips too
-        self.loader = infinite_loader(self.dataset, self.cfg.batch // self.world, self.cfg.seed, self.rank,
+        self.loader = infinite_loader(self.dataset, self.batch_now()[0] // self.world, self.cfg.seed, self.rank,
                                       self.world, self.cfg.workers)
         if hasattr(self, 'rung'): self.rung.dataset = self.dataset
 
@@ -412,7 +418,7 @@ def _trainer_run(self, max_steps: int | None = None) -> Path | None:
         while rung.nimg < total and not stop.requested and (max_steps is None or steps_done < max_steps):
             before = rung.nimg
             real, labels = next(self.loader)
-            stats = rung.step(real, labels if cfg.c_dim else None, self.step_index, cfg.batch_gpu)
+            stats = rung.step(real, labels if cfg.c_dim else None, self.step_index, self.batch_now()[1])
             self.step_index += 1; steps_done += 1
             for k, v in stats.items(): window.setdefault(k, []).append(v)
             bar.update(min(rung.nimg, total) - min(before, total))
@@ -434,7 +440,7 @@ def _trainer_log_window(self, window: dict, t0: float, bar) -> dict:
     if not window: return {}
     means = {k: sum(v) / len(v) for k, v in window.items()}
     n = len(next(iter(window.values())))
-    sec_per_kimg = (time.perf_counter() - t0) / max(n * self.cfg.batch / 1000, 1e-9)
+    sec_per_kimg = (time.perf_counter() - t0) / max(n * self.batch_now()[0] / 1000, 1e-9)
     means.update({'timing/sec_per_kimg': sec_per_kimg, 'progress/kimg': self.rung.kimg})
     self.stats.log(self.step_index, self.rung.kimg, means)
     bar.set_postfix({'kimg': f'{self.rung.kimg:.2f}', 's/kimg': f'{sec_per_kimg:.0f}',
@@ -574,7 +580,10 @@ def config_from_args(args) -> Config:
     if resolution is None and not re.fullmatch(r'[A-Za-z]\w*(:.*)?', args.data):
         resolution = load(args.data).resolution                              # the files' own resolution
     if resolution is not None: overrides['resolution'] = resolution
-    return make_config(args.cfg, preset, **{**overrides, **parse_set(args.set)})
+    cfg = make_config(args.cfg, preset, **{**overrides, **parse_set(args.set)})
+    check(args.up is None or cfg.progressive, f"--up {args.up}: rung {cfg.cfg} does not grow; --up sets the growth "
+          f"per stage of the progressive rungs D..F")
+    return cfg
 
 def resume_changes_from_args(args) -> dict:
     "With --resume: the config changes asked for (--kimg, --snap, --metrics, --workers); other options are an error."

@@ -24,9 +24,9 @@ def shapes(module):
 
 
 def stem_keys(G):
-    "state_dict keys of the frozen part: mapping, Fourier input, layers before the head."
-    return {k for k in G.state_dict() if k.startswith(('mapping.', 'synthesis.input.'))
-            or (k.startswith('synthesis.layers.') and int(k.split('.')[2]) < G.head_start)}
+    "state_dict keys of the frozen part: the mapping network's weights, the layers before the head (as released)."
+    return {'mapping.' + n for n, _ in G.mapping.named_parameters()} | {
+        k for k in G.state_dict() if k.startswith('synthesis.layers.') and int(k.split('.')[2]) < G.head_start}
 
 
 def features(G, ws):
@@ -36,17 +36,21 @@ def features(G, ws):
 
 # --- the schedule ----------------------------------------------------------------------------------------
 
-def test_continuing_a_stylegan3_schedule_gives_it_back():
-    # a geometric progression continued to the same end is the same progression: cut the paper's schedule
-    # anywhere before its critical layers and continue it with the layers it had
-    for res in (16, 64, 512):
-        full = filter_schedule(res)
-        for p in range(14 - 2):
-            rest = continue_schedule(full[:p + 1], res, 14 - 1 - p)
-            assert [(q.index, q.name, q.size, q.channels, q.sampling_rate, q.critical) for q in rest] == \
-                   [(q.index, q.name, q.size, q.channels, q.sampling_rate, q.critical) for q in full[p + 1:]]
-            np.testing.assert_allclose([(q.cutoff, q.stopband, q.half_width) for q in rest],
-                                       [(q.cutoff, q.stopband, q.half_width) for q in full[p + 1:]], rtol=1e-12)
+def test_head_starts_from_the_last_kept_layer():
+    # StyleGAN-XL's release: the first head layer keeps the last kept cutoff and its stopband f_c + f_h, and
+    # the head reaches the new Nyquist frequency after its head_layers - num_critical non-critical layers
+    stem = filter_schedule(16, 10, channel_base=65536, channel_max=1024)
+    kept = cut_critical(stem)
+    head = continue_schedule(kept, 32, 7, 2, channel_base=65536, channel_max=1024)
+    assert [q.name for q in head] == [f'L{i}' for i in range(8, 15)] + ['ToRGB']
+    assert head[0].cutoff == kept[-1].cutoff == pytest.approx(2 * 4 ** (7 / 8))
+    assert head[0].stopband == pytest.approx(kept[-1].cutoff + kept[-1].half_width)
+    assert [q.critical for q in head] == [False] * 5 + [True] * 3
+    ratios = [b.cutoff / a.cutoff for a, b in zip(head[:5], head[1:6])]
+    assert ratios == pytest.approx([(16 / head[0].cutoff) ** 0.2] * 5)
+    assert [q.size for q in head] == [52] * 6 + [32, 32]
+    # a head of critical layers only (the tiny preset) jumps straight to the new Nyquist frequency
+    assert all(q.critical and q.cutoff == 16 for q in continue_schedule(kept, 32, 2, 2))
 
 
 def check_stage(prev, sched, res, heads, cfg):
@@ -57,9 +61,12 @@ def check_stage(prev, sched, res, heads, cfg):
     assert [q.index for q in sched] == list(range(len(sched)))
     assert [q.name for q in sched] == [f'L{i}' for i in range(len(sched) - 1)] + ['ToRGB']
     first_crit = len(kept) + heads - cfg.num_critical                          # index of the first critical layer
-    fc = np.log2([q.cutoff for q in sched[p:first_crit + 1]])
-    ft = np.log2([q.stopband for q in sched[p:first_crit + 1]])
-    assert len(fc) >= 2 and np.allclose(np.diff(fc), np.diff(fc)[0]) and np.allclose(np.diff(ft), np.diff(ft)[0])
+    if heads > cfg.num_critical:                                               # the first head layer keeps p's band
+        assert head[0].cutoff == kept[-1].cutoff
+        assert math.isclose(head[0].stopband, kept[-1].cutoff + kept[-1].half_width)
+    fc = np.log2([q.cutoff for q in sched[len(kept):first_crit + 1]])
+    ft = np.log2([q.stopband for q in sched[len(kept):first_crit + 1]])
+    assert np.allclose(np.diff(fc), np.diff(fc)[:1]) and np.allclose(np.diff(ft), np.diff(ft)[:1])
     assert np.all(np.diff(fc) > 0)
     for q in sched[first_crit:]:                                               # 2 layers + ToRGB at the new Nyquist
         assert q.critical and q.cutoff == res / 2 and q.sampling_rate == res
@@ -91,10 +98,23 @@ def test_paper_stage_sizes():
     assert [head_layers_at(PAPER, r) for r in (32, 512, 1024)] == [7, 7, 5]
     # 11 layers at 16 (10 + ToRGB), +5 per stage (7 new, 2 cut), 39 at 1024 (5 new)
     assert [len(stage_schedule(PAPER, k)) for k in range(7)] == [11, 16, 21, 26, 31, 36, 39]
-    # the cutoff settles at one octave per 5 layers
+    # each head's first layer repeats the kept cutoff; the 4 layers after it climb one octave: 2^(1/4) a layer
     s = stage_schedule(PAPER, 5)
     k = len(cut_critical(stage_schedule(PAPER, 4)))
-    assert s[k].cutoff / s[k - 1].cutoff == pytest.approx(2 ** 0.2, rel=1e-3)
+    assert s[k].cutoff == s[k - 1].cutoff
+    assert s[k + 1].cutoff / s[k].cutoff == pytest.approx(2 ** 0.25, rel=1e-6)
+
+
+def test_paper_xl_generator_has_the_released_parameter_counts():
+    # StyleGAN-XL's released G (z 64, w 512, 1000 classes, 320-d embeddings projected to 64, stem 16x16 of 10
+    # layers, heads of 7, channel_base 65536 / channel_max 1024): shapes only, on the meta device
+    cfg = make_config('D', 'paper', resolution=128)
+    assert (cfg.channel_base, cfg.channel_max) == (65536, 1024) and make_config('C').channel_base == 32768
+    with torch.device('meta'):
+        gens = [progressive_generator(cfg, 1000, k) for k in range(4)]
+    assert [G.img_resolution for G in gens] == [16, 32, 64, 128]
+    assert [count_parameters(G) for G in gens] == [101_883_463, 151_701_063, 201_518_663, 225_850_243]
+    assert count_parameters(gens[0].mapping) == 669_248
 
 
 def test_growth_table_marks_what_changed():
@@ -161,8 +181,8 @@ def test_frozen_parts_get_no_gradient_and_do_not_change():
     with torch.no_grad(): G(z, c, update_emas=True)
     grow(G, 32)
     frozen = stem_keys(G)
-    assert {'mapping.w_avg', 'mapping.w_avg_class', 'mapping.embed.table', 'synthesis.layers.0.magnitude_ema',
-            'synthesis.input.weight'} <= frozen
+    assert {'mapping.embed.table', 'synthesis.layers.0.magnitude_ema', 'synthesis.layers.0.weight'} <= frozen
+    assert not {'mapping.w_avg', 'mapping.w_avg_class', 'synthesis.input.weight'} & frozen   # these keep training
     snap = {k: v.clone() for k, v in G.state_dict().items()}
     G.requires_grad_(False); G.requires_grad_(True)                          # a phase-toggling loop
     opt = torch.optim.Adam(G.parameters(), lr=1e-2, betas=(0.0, 0.99))      # even with every parameter
@@ -178,7 +198,8 @@ def test_frozen_parts_get_no_gradient_and_do_not_change():
     assert {f'synthesis.layers.{head}.weight', f'synthesis.layers.{head}.affine.weight',
             f'synthesis.layers.{head}.magnitude_ema', f'synthesis.layers.{len(G.synthesis.layers) - 1}.weight'} <= changed
     ids = {id(p) for p in G.trainable_parameters()}
-    assert ids == {id(p) for m in G.synthesis.layers[head:] for p in m.parameters()}
+    assert ids == {id(p) for m in (G.synthesis.input, *G.synthesis.layers[head:]) for p in m.parameters()}
+    assert {'synthesis.input.weight', 'mapping.w_avg'} <= changed              # the input and w_avg train on
     assert count_parameters(G) > sum(p.numel() for p in G.trainable_parameters()) > 0
 
 
@@ -186,14 +207,14 @@ def test_grow_without_freezing_trains_everything():
     torch.manual_seed(0)
     G = progressive_generator(TINY, c_dim=0, stage=0)
     grow(G, 32, freeze=False)
-    assert G.frozen_modules() == [] and G.num_frozen_layers == 0 and not G.mapping.freeze_w_avg
+    assert G.frozen_modules() == [] and G.num_frozen_layers == 0
     assert len(G.trainable_parameters()) == len(list(G.parameters()))
     before = G.synthesis.layers[0].weight.clone()
     opt = torch.optim.Adam(G.trainable_parameters(), lr=1e-2)
     G(torch.randn(2, G.z_dim)).square().mean().backward(); opt.step()
     assert not torch.equal(G.synthesis.layers[0].weight, before)
     G.freeze_stem(True)                                                       # and freezing can come later
-    assert not G.synthesis.layers[0].weight.requires_grad and G.mapping.freeze_w_avg
+    assert not G.synthesis.layers[0].weight.requires_grad and G.synthesis.input.weight.requires_grad
 
 
 # --- stage k from a config ----------------------------------------------------------------------------------
@@ -212,7 +233,7 @@ def test_stage_k_directly_equals_growing_k_times_tiny():
         assert direct.stage == grown.stage == k and direct.num_frozen_layers == grown.num_frozen_layers
         assert ([l.freeze_magnitude_ema for l in direct.synthesis.layers[:-1]]
                 == [l.freeze_magnitude_ema for l in grown.synthesis.layers[:-1]])
-        assert direct.mapping.freeze_w_avg == grown.mapping.freeze_w_avg == (k > 0)
+        assert not direct.mapping.freeze_w_avg and not grown.mapping.freeze_w_avg      # w_avg keeps updating
         # a checkpoint of the grown G loads strictly into the rebuilt one and gives the same images
         direct.load_state_dict(grown.state_dict(), strict=True)
         z, c = torch.randn(2, direct.z_dim), torch.tensor([1, 3])
@@ -302,7 +323,7 @@ def test_restart_discriminator(lite0):
     hook = lite0.backbone.conv_stem.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
     with torch.no_grad():
         for res in (16, 32):
-            assert D1(torch.rand(2, 3, res, res) * 2 - 1, torch.tensor([0, 2])).shape == (2, 148)
+            assert D1(torch.rand(2, 3, res, res) * 2 - 1, torch.tensor([0, 2])).shape == (2, 76)
     hook.remove()
     assert seen == [(2, 3, 64, 64)] * 2
     with pytest.raises(ValueError, match='pass table='):
@@ -400,3 +421,40 @@ def test_stage_policy_fixed_length():
         StagePolicy(num_stages=3, stage=3)
     with pytest.raises(ValueError, match='patience'):
         StagePolicy(num_stages=3, patience=0)
+
+
+# --- stage handover (as the released StyleGAN-XL runs one stage after another) -------------------------------
+
+def test_stage_handover_best_checkpoint_ema_rampup_and_batch():
+    "A new stage grows the finished stage's best G_ema, restarts G_ema's ramp-up, and takes its own batch."
+    from sgxl.baseline import ema_beta
+    from sgxl.data import load
+    from sgxl.growing import RungD
+    data16, data32 = load('shapes:num_images=40', resolution=16), load('shapes:num_images=40', resolution=32)
+    batch = lambda ds, n: (torch.stack([ds[i][0] for i in range(n)]), torch.stack([ds[i][1] for i in range(n)]))
+    cfg = make_config('D', 'tiny', batch=4, stage_batch=(8,), pl_weight=0.0)
+    torch.manual_seed(0)
+    rung = RungD(cfg, 'cpu', c_dim=10, dataset=data16)
+    assert rung.cfg.batch == 8 and rung.base_cfg.batch == 4                     # stage 0 trains with batch 8
+    rung.step(*batch(data16, 8), step_index=0)
+    rung.record_fid(5.0)                                                        # the stage's best so far ...
+    best = {k: v.clone() for k, v in rung.G_ema.state_dict().items()}
+    rung.step(*batch(data16, 8), step_index=1)
+    rung.record_fid(7.0)                                                        # ... and a worse one after it
+    assert not torch.equal(rung.G_ema.synthesis.layers[0].weight, best['synthesis.layers.0.weight'])
+    assert rung.grow() == 32 and rung.cfg.batch == 4 and rung.ema_nimg() == 0
+    assert torch.equal(rung.G.synthesis.layers[0].weight, best['synthesis.layers.0.weight'])   # grown from the best
+    stats = rung.step(*batch(data32, 4), step_index=2)
+    assert stats['ema_beta'] == ema_beta(4, 4, rung.cfg.ema_half_life_kimg, rung.cfg.ema_rampup)   # ramp-up anew
+    assert rung.G.synthesis.input.weight.requires_grad and not rung.G.mapping.freeze_w_avg
+    # a checkpoint of the new stage restores its batch; 'last' grows the last G_ema instead of the best
+    again = RungD(cfg, 'cpu', c_dim=10, dataset=data16)
+    again.load_state_dict(rung.state_dict())
+    assert again.stage == 1 and again.cfg.batch == 4 and again.base_cfg.stage_batch == (8,)
+    torch.manual_seed(0)
+    last = RungD(cfg.replace(stage_start='last'), 'cpu', c_dim=10, dataset=data16)
+    last.step(*batch(data16, 8), step_index=0); last.record_fid(5.0)
+    last.step(*batch(data16, 8), step_index=1); last.record_fid(7.0)
+    w_last = last.G_ema.synthesis.layers[0].weight.clone()
+    last.grow()
+    assert torch.equal(last.G.synthesis.layers[0].weight, w_last)

@@ -104,7 +104,8 @@ def test_next_stage_from_a_lower_resolution_network(stem16, tmp_path, up, resolu
     assert G.stage == 1 and G.img_resolution == resolution and G.num_frozen_layers > 0
     assert any(f'grown to stage 1 ({resolution}px)' in line for line in report)
     src = nw.load_network(stem16)
-    kept = {k: v for k, v in src.state_dict().items() if k.startswith('mapping.') or k.startswith('synthesis.input')}
+    # the frozen mapping weights stay the source's (the Fourier input and w_avg train on, as released)
+    kept = {k: v for k, v in src.state_dict().items() if k.startswith('mapping.') and 'w_avg' not in k}
     mine = G.state_dict()
     assert kept and all(torch.equal(mine[k], v) for k, v in kept.items())             # the frozen stem: the source's
 
@@ -140,3 +141,10 @@ def test_finetune_a_progressive_network_at_its_own_stage_on_new_classes(stem16, 
     fresh = set(nw.class_table_keys(mine, src['G_ema'], 3, 10))
     assert 'mapping.embed.table' in fresh
     assert all(torch.equal(v, src['G_ema'][k]) for k, v in mine.items() if k not in fresh)
+
+
+def test_up_is_for_progressive_rungs(capsys):
+    assert train_main(['--cfg', 'B', '--preset', 'tiny', '--up', '4', '--dry-run']) == 1
+    assert '--up 4: rung B does not grow' in capsys.readouterr().err
+    assert train_main(['--cfg', 'D', '--preset', 'tiny', '--up', '4', '--resolution', '64', '--dry-run']) == 0
+    assert '"grow_up": 4' in capsys.readouterr().out
