@@ -65,7 +65,7 @@ def test_probe_heldout_accuracy_on_shapes(probe, shapes, probe_dir):
     assert probe.kind == 'probe' and probe.info['weights_source'].split(':')[0] in ('package', 'cache')
     # chance is 0.1; measured here: 0.925 on 200 held-out images (0.98 with 2000 images). 0.85 leaves a margin
     # of ~5 standard errors (sqrt(0.925 * 0.075 / 200) = 0.019) for other platforms' arithmetic.
-    assert record_value('heldout_accuracy', probe.accuracy) > 0.85
+    assert record_value('heldout_accuracy', probe.accuracy) > 0.85             # 0.925 at 1, 2 and 4 threads alike
     assert probe.info['n_heldout'] == 200 and probe.info['n_train'] == 800
     # the reported number is the held-out accuracy of this very classifier, end to end on images in [-1, 1]
     labels = torch.as_tensor(shapes.labels)
@@ -225,7 +225,7 @@ def test_guidance_gradient_moves_images_toward_the_asked_class(probe, shapes):
     with torch.no_grad():
         last = G.guidance_loss(probe, x, target, 1.0, 32).item()
         hits = (probe(x).argmax(1) == target).sum().item()
-    record_value('loss_ratio', last / first); record_value('hits', hits)
+    record_value('loss_ratio', last / first); record_value('hits', hits)      # 0.0011 and 10 at 1, 2 and 4 threads
     assert last < 0.5 * first and hits >= 5
 
 

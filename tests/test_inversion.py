@@ -84,7 +84,8 @@ def test_projection_reaches_high_psnr_in_range(G, percep):
     assert p.c == 4 and p.ws.shape == (1, G.num_ws, G.w_dim)
     assert torch.allclose(p.ws[:, 0:1], p.ws)                                # space 'w': one w for all layers
     record_value('psnr', p.psnr); record_value('psnr_gain_db', p.psnr - p.psnr_start)
-    assert p.psnr > 30 and p.psnr > p.psnr_start + 8, (p.psnr_start, p.psnr)
+    # measured (tools/flaky.py): 33.58 / 32.77 / 32.42 dB at 1 / 2 / 4 threads (spread 1.2), gain 13.2 / 12.4 / 12.0
+    assert p.psnr > 28 and p.psnr > p.psnr_start + 8, (p.psnr_start, p.psnr)
     assert abs(inv.reconstruction_psnr(ex.synthesize(G, p.ws), target) - p.psnr) < 1e-3
 
 
@@ -115,9 +116,10 @@ def test_pti_raises_psnr_outside_the_range_and_leaves_G_alone(G, percep, shapes)
                         projection=dict(lr=0.2), tuning=dict(lr=1e-3, locality_batch=1))
     r = result.report()
     # Both gains move with the CPU thread count and the machine as much as with the seed (Adam turns rounding in
-    # tiny gradients into whole steps). Measured over seeds 0-5 at 1 thread (the tests' count), loaded machine:
-    # projection gain 2.29..4.37 dB (mean 3.5, sd 0.9); PTI gain 1.38..3.08 dB (mean 2.16, sd 0.63). The bounds
-    # sit >= 3 sd below the mean: at lr 5e-3 and 10 PTI steps the gain was 0.49..3.96 dB, and CI failed at 1.43.
+    # tiny gradients into whole steps). Measured at seeds 0-5 with 1 thread and seed 0 with 2 and 4 threads, loaded
+    # machine: projection gain 2.26..4.37 dB (mean 3.4, sd 0.9); PTI gain 1.38..3.08 dB (mean 2.2, sd 0.6; seed 0:
+    # 1.85 / 2.62 / 1.76 at 1 / 2 / 4 threads). A margin of 3x the range cannot stay above 0, so the bounds sit
+    # >= 3 sd below the mean. At lr 5e-3 and 10 PTI steps the gain was 0.49..3.96 dB, and CI failed at 1.43.
     proj_gain = record_value('projection_gain_db', r['psnr_projection'] - r['psnr_start'])
     pti_gain = record_value('pti_gain_db', r['psnr_pti'] - r['psnr_projection'])
     assert pti_gain > 0.25 and proj_gain > 0.8, r
@@ -209,8 +211,8 @@ def test_invert_cli_end_to_end(checkpoint, shapes, tmp_path, capsys):
     assert rc == 0, err
     report = json.loads((out / 'inversion.json').read_text())
     assert report['inferred'] and report['c'] == int(shapes.labels[5])       # the guidance probe named the class
-    record_value('projection_gain_db', report['psnr_projection'] - report['psnr_start'])
-    record_value('pti_gain_db', report['psnr_pti'] - report['psnr_projection'])
+    record_value('projection_gain_db', report['psnr_projection'] - report['psnr_start'])   # 0.724..0.727 dB, 1/2/4 thr
+    record_value('pti_gain_db', report['psnr_pti'] - report['psnr_projection'])            # 0.895..0.965 dB
     assert report['psnr_pti'] > report['psnr_projection'] > report['psnr_start']
     assert report['settings']['pti_lr'] == 5e-3                               # the tiny network's default
     assert 'after PTI' in stdout
