@@ -357,7 +357,8 @@ class RungD(RungC):
     def make_networks(self) -> tuple[nn.Module, nn.Module]:
         check(self.dataset is not None, "rung D computes its class embeddings from the dataset: pass dataset=")
         cfg = self.cfg.replace(c_dim=self.c_dim)
-        self.policy = StagePolicy.from_config(cfg)
+        stage_schedule(cfg, len(stage_resolutions(cfg)) - 1)                   # every stage can be built: fail now,
+        self.policy = StagePolicy.from_config(cfg)                             # not at a stage switch hours later
         nets = feature_networks(cfg)
         lite0 = next(n for n in nets if n.name == LITE0)
         self.class_table = class_embeddings(self.dataset, lite0, device=self.device, progress=False).to(self.device)

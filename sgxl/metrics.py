@@ -36,8 +36,9 @@ __all__ = ['INCEPTION_FILES', 'INCEPTION_SOURCE', 'VGG16_FILES', 'VGG16_SOURCE',
            'sample_inputs', 'generated_images', 'real_indices', 'real_images', 'cache_folder', 'real_cache_path',
            'save_npz', 'load_npz', 'extract_features', 'real_statistics', 'score', 'content_transform',
            'transform_images', 'fourier_input_renderer', 'psnr', 'equivariance_error', 'random_transforms',
-           'equivariance_renderer', 'equivariance_metric', 'ToyField', 'compute_metrics', 'compute_metric',
-           'load_generator', 'load_dataset', 'format_table', 'default_output', 'metrics_parser', 'metrics_main']
+           'equivariance_renderer', 'equivariance_metric', 'ToyField', 'check_metrics', 'compute_metrics',
+           'compute_metric', 'load_generator', 'load_dataset', 'format_table', 'default_output', 'metrics_parser',
+           'metrics_main']
 
 # %% ../nbs/11_metrics.ipynb #370d304c
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
@@ -566,6 +567,15 @@ class ToyField(torch.nn.Module):
     def forward(self, z, c, truncation_psi: float = 1.0) -> torch.Tensor:
         zeros = torch.zeros(len(z), device=z.device)
         return self.render_transformed(z, c, torch.zeros(len(z), 2, device=z.device), zeros)
+
+# %% ../nbs/11_metrics.ipynb #5c1e7a42
+def check_metrics(names: Sequence[str], weights=None) -> list[MetricSpec]:
+    "Check now what computing `names` will need: each name parses, each weight file its networks load is found."
+    specs = [parse_metric(n) for n in names]
+    needs = {METRIC_FEATURES[s.kind][0] for s in specs if s.kind in METRIC_FEATURES}
+    if 'inception' in needs: find_weights(INCEPTION_FILES, 'Inception-v3 (FID)', INCEPTION_SOURCE, weights)
+    if 'vgg16' in needs: find_weights(VGG16_FILES, 'VGG16 (precision/recall)', VGG16_SOURCE, weights)
+    return specs
 
 # %% ../nbs/11_metrics.ipynb #2b02e1dd
 def compute_metrics(names: Sequence[str], G, dataset=None, *, num: int | None = None, batch: int = 64,
