@@ -492,6 +492,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'sgxl.metrics.format_table': ('metrics.html#format_table', 'sgxl/metrics.py'),
                               'sgxl.metrics.fourier_input_renderer': ('metrics.html#fourier_input_renderer', 'sgxl/metrics.py'),
                               'sgxl.metrics.frechet_distance': ('metrics.html#frechet_distance', 'sgxl/metrics.py'),
+                              'sgxl.metrics.gather_feature_stats': ('metrics.html#gather_feature_stats', 'sgxl/metrics.py'),
+                              'sgxl.metrics.gather_in_order': ('metrics.html#gather_in_order', 'sgxl/metrics.py'),
                               'sgxl.metrics.generated_images': ('metrics.html#generated_images', 'sgxl/metrics.py'),
                               'sgxl.metrics.inception_score': ('metrics.html#inception_score', 'sgxl/metrics.py'),
                               'sgxl.metrics.kernel_inception_distance': ('metrics.html#kernel_inception_distance', 'sgxl/metrics.py'),

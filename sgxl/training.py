@@ -5,6 +5,7 @@
 # %% ../nbs/10_training.ipynb #887eab85
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -22,12 +23,13 @@ from safetensors.torch import load_file, save_file
 from .core import atomic_write, check, get_device
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'flatten_state', 'unflatten_state',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint',
-           'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed', 'rung_class', 'data_slug',
-           'new_run_dir', 'grid_latents', 'metric_key', 'check_before_training', 'Trainer', 'check_resume_changes',
-           'MetricError', 'resolve_checkpoint', 'build_generator', 'load_generator', 'train_parser', 'parse_set',
-           'is_demo', 'parse_metrics', 'config_from_args', 'resume_changes_from_args', 'train_main']
+__all__ = ['CKPT_FORMAT', 'DIST_TIMEOUT_MIN', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'flatten_state',
+           'unflatten_state', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints',
+           'latest_checkpoint', 'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed',
+           'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key', 'check_before_training', 'Trainer',
+           'check_resume_changes', 'MetricError', 'resolve_checkpoint', 'build_generator', 'load_generator',
+           'train_parser', 'parse_set', 'is_demo', 'parse_metrics', 'config_from_args', 'resume_changes_from_args',
+           'train_main']
 
 # %% ../nbs/10_training.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -213,6 +215,11 @@ class StatsLog:
         if self.tb is not None: self.tb.close()
 
 # %% ../nbs/10_training.ipynb #d1f256df
+# A collective waits this long for the slowest rank before it fails: longer than the longest pause of one rank,
+# which is rank 0 reading 50k real images for fid50k's statistics the first time (minutes on a GPU; torch's
+# default is 10 minutes for NCCL). SGXL_DIST_TIMEOUT_MIN sets another value.
+DIST_TIMEOUT_MIN = 120
+
 def init_distributed(device: str | None = None) -> tuple[int, int, torch.device]:
     "Join the torchrun process group if there is one; returns (rank, world_size, device)."
     world = int(os.environ.get('WORLD_SIZE', '1'))
@@ -220,7 +227,8 @@ def init_distributed(device: str | None = None) -> tuple[int, int, torch.device]
     rank, local = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
     use_cuda = torch.cuda.is_available() and (device is None or str(device) in ('auto', 'cuda'))
     if use_cuda: torch.cuda.set_device(local)
-    if not dist.is_initialized(): dist.init_process_group('nccl' if use_cuda else 'gloo')
+    timeout = datetime.timedelta(minutes=float(os.environ.get('SGXL_DIST_TIMEOUT_MIN', DIST_TIMEOUT_MIN)))
+    if not dist.is_initialized(): dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=timeout)
     return rank, world, torch.device(f'cuda:{local}' if use_cuda else 'cpu')
 
 # %% ../nbs/10_training.ipynb #5b9ff812
@@ -393,7 +401,7 @@ def _trainer_snapshot(self) -> Path | None:
         save_image_grid(images, self.run_dir / f'samples-{self.step_index:09d}.png', nrow=8)
     self.results = {}
     path = self.save()
-    if self.cfg.metrics and self.is_main: self.measure(path)
+    if self.cfg.metrics: self.measure(path)                                   # every rank renders its share
     fid = metric_key(self.results) if self.is_main else None
     if self.world > 1:                                                        # every rank decides the same growth
         box = torch.tensor([float('nan') if fid is None else fid], device=self.device)
@@ -407,12 +415,13 @@ def _trainer_measure(self, path: Path):
     try:
         with torch.random.fork_rng(devices=[]):                               # the training's random state stays
             results = compute_metrics(self.cfg.metrics, self.rung.G_ema, self.dataset, device=self.device,
-                                      seed=self.cfg.seed)
+                                      seed=self.cfg.seed, rank=self.rank, world=self.world)
     except Exception as e:
         raise MetricError(f"the metrics {', '.join(self.cfg.metrics)} failed at step {self.step_index} "
                           f"({type(e).__name__}: {e}); the checkpoint {path.name} was written before them: fix the "
                           f"cause, then continue with --resume {self.run_dir}") from e
     self.results = results
+    if not self.is_main: return
     self.stats.log(self.step_index, self.rung.kimg, {f'metrics/{k}': v for k, v in results.items()})
     CheckpointManager(self.run_dir, keep=self.keep).update_meta(path, {'metrics': results, 'fid': metric_key(results)})
 

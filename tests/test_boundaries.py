@@ -3,7 +3,11 @@ of path length, the end of the blur fade, the stage switches 16 -> 32 -> 64 of D
 snapshots with metrics and checkpoints, a resume across a stage switch. The sizes are made for the test (batch
 4, boundaries one or two steps apart: a stage is 2 steps, the blur fades in 1, path length starts at step 2;
 heads of 3 layers, since tiny's 2 are both critically sampled and a second switch would cut them), on the tiny
-preset otherwise; each run asserts that its losses stay finite and that each boundary had its effect."""
+preset otherwise; each run asserts that its losses stay finite and that each boundary had its effect.
+Then what `sgxl train` checks before its first step, a metric that fails at a snapshot, and the snapshot metrics
+split over torchrun processes."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -199,3 +203,48 @@ def test_a_progressive_rung_that_could_never_grow_is_refused_at_start(tmp_path, 
     assert code == 1 and 'stage_kimg=0' in err and 'never leave its 16x16 stem' in err and '--set stage_kimg' in err
     check_before_training(make_config('D', 'tiny', stage_kimg=0, metrics=('rfid8',)))    # an FID to watch: fine
     check_before_training(make_config('D', 'tiny', stage_kimg=0, metrics=(), resolution=16))  # one stage: fine
+
+
+# --- torchrun: the snapshot metrics split over the processes ---------------------------------------------------
+
+METRICS_SCRIPT = '''
+import json, sys
+from sgxl.core import make_config, seed_everything
+from sgxl.data import load
+from sgxl.metrics import compute_metrics
+from sgxl.stylegan3 import Generator
+from sgxl.training import init_distributed
+
+rank, world, _ = init_distributed('cpu')
+seed_everything(0)
+G = Generator.from_config(make_config('A', 'tiny'), 10).eval()
+data = load('shapes:num_images=40', resolution=32)
+out = compute_metrics(['rfid16', 'kid16', 'is16', 'eqt16_int'], G, data, batch=8, device='cpu', weights=sys.argv[2],
+                      cache_dir=f'{sys.argv[1]}-cache', rank=rank, world=world)
+json.dump(out, open(f'{sys.argv[1]}.{rank}', 'w'))
+'''
+
+
+def test_metrics_split_over_two_processes_equal_one_process(tmp_path):
+    """Each of 2 gloo processes renders every other batch; rank 0 gathers and scores. The results equal one
+    process's: bit for bit where the vectors are gathered (KID, IS) and for EQ-T, to rounding of the float64
+    sums for rFID. (KID and IS run on a stand-in Inception file: random weights of the FID network's shapes.)"""
+    import os, subprocess, sys
+    from sgxl.metrics import INCEPTION_FILES, random_inception_state_dict
+    weights = tmp_path / INCEPTION_FILES[0]
+    torch.save(random_inception_state_dict(seed=1), weights)
+    script = tmp_path / 'metrics.py'
+    script.write_text(METRICS_SCRIPT)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    run = lambda *launch, out: subprocess.Popen([sys.executable, *launch, str(script), str(tmp_path / out), str(weights)],
+                                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    one = run(out='one')
+    two = run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', out='two')
+    assert one.wait(timeout=900) == 0, one.stdout.read()
+    assert two.wait(timeout=900) == 0, two.stdout.read()
+    read = lambda name: json.loads((tmp_path / name).read_text())
+    single, split, other = read('one.0'), read('two.0'), read('two.1')
+    assert split == other                                                 # every rank returns the results
+    assert list(split) == list(single) == ['rfid16', 'kid16', 'is16_mean', 'is16_std', 'eqt16_int']
+    for k in ('kid16', 'is16_mean', 'is16_std', 'eqt16_int'): assert split[k] == single[k], k
+    assert split['rfid16'] == pytest.approx(single['rfid16'], rel=1e-9), (split, single)
