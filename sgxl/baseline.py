@@ -173,7 +173,8 @@ def prepare_images(images: torch.Tensor, device) -> torch.Tensor:
 
 def lazy_adam(params, lr: float, betas, eps: float, interval: int, active: bool) -> torch.optim.Adam:
     """Adam for a network with a lazy regulariser every `interval` steps: lr and betas scaled by
-    $c = k/(k+1)$ so the effective optimiser matches a non-lazy one (StyleGAN2)."""
+    $c = k/(k+1)$ so the effective optimiser matches a non-lazy one (StyleGAN2). The releases scale D's
+    whether or not R1 runs (`d_lazy_scaling`): D's lr is 0.002 * 16/17 in every StyleGAN-XL run."""
     c = interval / (interval + 1) if active else 1.0
     return torch.optim.Adam(params, lr=lr * c, betas=(float(betas[0] ** c), float(betas[1] ** c)), eps=eps)
 
@@ -190,14 +191,21 @@ class Chunk:
     mix_z: torch.Tensor | None = None       # (n, z_dim) second latents for style mixing, or None
     mix_cutoff: int | None = None           # first ws index taken from mix_z
     weight: float = 1.0                     # |chunk| / |this rank's batch| (all-reduce then averages ranks)
+    c_g: torch.Tensor | None = None         # (n,) labels of the G phase's fakes, drawn from the label distribution
+    c_d: torch.Tensor | None = None         # (n,) labels of the D phase's fakes, drawn anew
 
 # %% ../nbs/04_config_a.ipynb #b9e3a1f4
-def global_draws(n_global: int, z_dim: int, num_ws: int, mixing: float, device) -> dict:
-    "Latents and style-mixing choices for the whole global batch, from the global torch RNG (same on every rank)."
-    draws = {'z': torch.randn(n_global, z_dim), 'z_d': torch.randn(n_global, z_dim), 'mix_z': None, 'mix_cutoff': None}
+def global_draws(n_global: int, z_dim: int, num_ws: int, mixing: float, device,
+                 label_probs: torch.Tensor | None = None) -> dict:
+    """Latents, style-mixing choices and (with `label_probs`, the class frequencies) the fakes' labels for the
+    whole global batch, from the global torch RNG (same on every rank)."""
+    draws = {'z': torch.randn(n_global, z_dim), 'z_d': torch.randn(n_global, z_dim), 'mix_z': None, 'mix_cutoff': None,
+             'c_g': None, 'c_d': None}
     if mixing > 0 and float(torch.rand([])) < mixing:
         draws['mix_z'] = torch.randn(n_global, z_dim)
         draws['mix_cutoff'] = int(torch.randint(1, num_ws, []))
+    if label_probs is not None:                                         # $c \sim p_{data}(c)$, twice, independently
+        draws['c_g'], draws['c_d'] = torch.multinomial(label_probs.cpu().float(), 2 * n_global, True).chunk(2)
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in draws.items()}
 
 def make_chunks(real, c, draws: dict, rank: int, world: int, batch_gpu: int | None) -> list[Chunk]:
@@ -210,7 +218,8 @@ def make_chunks(real, c, draws: dict, rank: int, world: int, batch_gpu: int | No
         e = min(s + size, n)
         sl = lambda t: None if t is None else t[lo + s:lo + e]
         chunks.append(Chunk(real[s:e], None if c is None else c[s:e], sl(draws['z']), sl(draws['z_d']),
-                            sl(draws["mix_z"]), draws["mix_cutoff"], (e - s) / n))
+                            sl(draws["mix_z"]), draws["mix_cutoff"], (e - s) / n, sl(draws.get('c_g')),
+                            sl(draws.get('c_d'))))
     return chunks
 
 @torch.no_grad()
@@ -260,8 +269,19 @@ class RungA:
     def make_optimizers(self):
         cfg = self.cfg
         self.opt_G = lazy_adam(self.g_trainable(), cfg.g_lr, cfg.betas, cfg.adam_eps, cfg.pl_interval, self.g_reg_active())
-        self.opt_D = lazy_adam(self.d_trainable(), cfg.d_lr, cfg.betas, cfg.adam_eps, cfg.r1_interval, cfg.r1 > 0)
+        self.opt_D = lazy_adam(self.d_trainable(), cfg.d_lr, cfg.betas, cfg.adam_eps, cfg.r1_interval,
+                               cfg.r1 > 0 or cfg.d_lazy_scaling)
         self.scalers = {}                                                     # fp16 gradient scalers, per phase
+
+    @property
+    def label_probs(self) -> torch.Tensor | None:
+        "Class frequencies the fakes' labels are drawn from: the dataset's, uniform without one; None unconditional."
+        if not self.c_dim: return None
+        counts = getattr(self.dataset, 'class_counts', None)
+        counts = torch.as_tensor(counts(), dtype=torch.float64) if counts is not None else torch.ones(self.c_dim)
+        check(len(counts) == self.c_dim and counts.sum() > 0,
+              f"the dataset has {len(counts)} classes but the rung was built for c_dim={self.c_dim}")
+        return counts / counts.sum()                                          # $p(c) = n_c / \sum_k n_k$
 
     @property
     def resolution(self) -> int: return self.G.img_resolution
@@ -272,16 +292,16 @@ class RungA:
     def discriminate(self, images, c) -> torch.Tensor: return self.D(images, c)
 
     def generate(self, b: Chunk, update_emas: bool | str = 'defer') -> torch.Tensor:
-        return self.G(b.z, b.c, update_emas=update_emas, mix_z=b.mix_z, mix_cutoff=b.mix_cutoff)
+        return self.G(b.z, b.c_g, update_emas=update_emas, mix_z=b.mix_z, mix_cutoff=b.mix_cutoff)
 
     def g_loss(self, b: Chunk):
-        logits = self.discriminate(self.generate(b), b.c)
+        logits = self.discriminate(self.generate(b), b.c_g)
         loss = g_nonsaturating_loss(logits)                                   # $\mathrm{softplus}(-D(G(z)))$
         return loss, {'loss/G': loss}
 
     def d_loss(self, b: Chunk):
-        with torch.no_grad(): fake = self.G(b.z_d, b.c)
-        real_logits, fake_logits = self.discriminate(b.real, b.c), self.discriminate(fake, b.c)
+        with torch.no_grad(): fake = self.G(b.z_d, b.c_d)
+        real_logits, fake_logits = self.discriminate(b.real, b.c), self.discriminate(fake, b.c_d)
         loss = d_logistic_loss(real_logits, fake_logits)
         return loss, {'loss/D': loss, 'D/real': real_logits.mean(), 'D/fake': fake_logits.mean()}
 
@@ -347,7 +367,7 @@ def _rung_step(self, real_images: torch.Tensor, real_labels=None, step_index: in
     labels = None if real_labels is None else real_labels.to(self.device)
     if self.c_dim: labels_to_onehot(labels, self.c_dim)                       # clear error for bad labels
     n_global = len(real) * self.world
-    draws = global_draws(n_global, self.G.z_dim, self.G.num_ws, self.cfg.style_mixing, self.device)
+    draws = global_draws(n_global, self.G.z_dim, self.G.num_ws, self.cfg.style_mixing, self.device, self.label_probs)
     chunks = make_chunks(real, labels, draws, self.rank, self.world, batch_gpu or self.cfg.batch_gpu)
     stats = {}
     try:

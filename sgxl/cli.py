@@ -22,7 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'metrics': ('sgxl.metrics:metrics_main', 'evaluate a trained generator: FID, sFID, rFID, IS, KID, precision/recall, EQ-T/EQ-R'),
     'generate': ('sgxl.explore:generate_main', 'sample a trained network: images per seed, class sheets, interpolation GIFs'),
     'invert': ('sgxl.inversion:invert_main', 'invert an image into a trained network (projection + PTI), report PSNR'),
+    'edit': ('sgxl.editing:edit_main', 'edit samples or an inversion by a text prompt (StyleMC: a CLIP-guided style direction)'),
     'ablate': ('sgxl.ablation:ablate_main', 'train rungs A..F side by side with the same budget and tabulate their metrics'),
+    'export': ('sgxl.networks:export_main', "write a run's G_ema as safetensors + config.json + a model card (hub-ready)"),
 }
 
 def build_parser() -> argparse.ArgumentParser:

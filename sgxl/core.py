@@ -20,8 +20,8 @@ import torch
 
 # %% auto #0
 __all__ = ['RUNGS', 'PRESETS', 'LITE0', 'DEIT_BASE', 'RUNG_DIFFS', 'TINY', 'TINY_RUNG', 'Config', 'check', 'is_pow2',
-           'atomic_write', 'rung_diff', 'make_config', 'config_diff', 'seed_everything', 'get_device', 'to_uint8',
-           'image_grid', 'show_images', 'save_image_grid']
+           'atomic_write', 'rung_diff', 'make_config', 'config_diff', 'seed_everything', 'get_device', 'record_value',
+           'to_uint8', 'image_grid', 'show_images', 'save_image_grid']
 
 # %% ../nbs/00_core.ipynb #0b4c5c0f
 RUNGS = ('A', 'B', 'C', 'D', 'E', 'F')
@@ -35,6 +35,7 @@ class Config:
     preset: str = 'paper'               # 'paper' (sizes of the paper) or 'tiny' (laptop CPU)
     resolution: int = 256               # output resolution (power of two, 16..1024); paper ImageNet runs: 128, 256, 512
     data: str = 'shapes'                # dataset: a folder, a .zip, or a built-in name ('shapes')
+    mirror: bool = False                # x-flip augmentation of the real data (doubles it); every released StyleGAN-XL command: on
     seed: int = 0                       # global seed: weights, data order, noise
     # --- generator: mapping network ---------------------------------------------
     z_dim: int = 512                    # latent z size; StyleGAN3: 512, StyleGAN-XL (rung B+): 64
@@ -64,8 +65,12 @@ class Config:
     stem_resolution: int = 16           # resolution of the first stage; paper: 16
     stem_layers: int = 10               # synthesis layers of the stem (+ ToRGB); paper: 10 (11 with ToRGB)
     head_layers: int = 7                # layers each stage adds (+ ToRGB); paper: 7 (5 at 1024)
+    grow_up: int = 2                    # each stage multiplies the resolution by this; StyleGAN-XL's --up: 2 (or 4)
     stage_kimg: float = 0.0             # kimg per stage before growing (0 = grow when FID stops improving)
     stage_patience: int = 3             # FID evaluations without improvement before growing
+    stage_batch: tuple[int, ...] = ()   # global batch of stage 0, 1, ...; stages past the tuple use `batch`; paper: 2048 at 16 and 32
+    stage_batch_gpu: tuple[int, ...] = ()  # per-GPU batch of stage 0, 1, ...; stages past the tuple use `batch_gpu`
+    stage_start: str = 'best'           # a new stage grows the finished stage's 'best' G_ema (by FID; the release) or its 'last'
     # --- discriminator -------------------------------------------------------------
     d_arch: str = 'resnet'              # 'resnet' (rung A, StyleGAN2) or 'projected' (rung B+)
     d_channel_base: int = 32768         # ResNet D channels = min(d_channel_base / res, d_channel_max)
@@ -77,17 +82,21 @@ class Config:
     feature_sources: tuple[str, ...] = ()  # per-network override 'name=/path/to/weights' or 'name=random'; () = feature_weights for all
     ccm_channels: tuple[int, ...] = (64, 128, 256, 512)  # CCM output channels per scale (Projected GAN)
     diffaug: str = ''                   # DiffAugment policy on reals and fakes; rung B+: 'color,translation,cutout'
+    cutout_ratio: float = 0.2           # DiffAugment cutout side / image side; Projected GAN, StyleGAN-XL: 0.2 (DiffAugment: 0.5)
+    head_channel_max: int = 512         # cap on the patch heads' channels (release: 64 at 64-128 px maps .. 512 at <= 8 px)
     blur_sigma: float = 0.0             # blur of D's inputs at the start, in pixels; rung B+: 2
     blur_fade_kimg: float = 200.0       # blur fades linearly to 0 over this many kimg; paper 200 (reference code 300)
     # --- loss and regularisation -----------------------------------------------------------------
     loss: str = 'logistic'              # 'logistic' (non-saturating, rung A) or 'hinge' (rung B+)
     r1_gamma: float | None = None       # R1 weight; None = 0.0002 * res**2 / batch (StyleGAN2 heuristic); rung B+: 0
     r1_interval: int = 16               # lazy R1: every 16 D steps
+    d_lazy_scaling: bool = True         # D's lr, betas scaled by k/(k+1), k = r1_interval, even without R1 (the releases do)
+    adv_loss_sum: bool = True           # hinge loss summed over the pass's samples and feature nets (release); False: mean
     style_mixing: float = 0.9           # style-mixing probability (StyleGAN2 default); rung B+: 0
-    pl_weight: float = 0.0              # path-length weight; rung B+: 2
+    pl_weight: float = 0.0              # path-length weight; rung B+: 2; vs the summed hinge loss: 2 : batch_gpu * nets
     pl_interval: int = 4                # lazy path length: every 4 G steps
     pl_start_kimg: float = 0.0          # path length only after this many kimg; paper 200 (reference code 1000)
-    cls_weight: float = 0.0             # classifier-guidance weight; rung F: > 0
+    cls_weight: float = 0.0             # classifier-guidance weight; rung F: 8; vs the summed hinge loss: 8 : batch_gpu * nets
     cls_min_resolution: int = 32        # guidance only at 32x32 and above (rung F)
     classifier: str = 'auto'            # guidance classifier: 'auto' (DeiT-S for ImageNet labels, else a trained probe)
     # --- optimisation --------------------------------------------------------------------------
@@ -115,9 +124,16 @@ class Config:
         check(self.preset in PRESETS, f"preset={self.preset!r}: choose 'paper' or 'tiny'")
         check(is_pow2(self.resolution) and 16 <= self.resolution <= 1024,
               f"resolution={self.resolution}: use a power of two from 16 to 1024")
+        check(self.grow_up in (2, 4), f"grow_up={self.grow_up!r}: each progressive stage grows by 2 or 4")
         check(self.num_critical >= 1 and self.num_layers > self.num_critical,
               f"num_layers={self.num_layers}, num_critical={self.num_critical}: need num_layers > num_critical >= 1")
         check(self.batch >= 1, f"batch={self.batch}: must be at least 1")
+        check(all(isinstance(b, int) and b >= 1 for b in (*self.stage_batch, *self.stage_batch_gpu)),
+              f"stage_batch={self.stage_batch}, stage_batch_gpu={self.stage_batch_gpu}: give positive integers, "
+              f"one per stage from the stem on, e.g. (2048, 2048)")
+        check(self.stage_start in ('best', 'last'), f"stage_start={self.stage_start!r}: use 'best' or 'last'")
+        check(0 < self.cutout_ratio <= 1, f"cutout_ratio={self.cutout_ratio}: use a fraction in (0, 1], e.g. 0.2")
+        check(self.head_channel_max >= 1, f"head_channel_max={self.head_channel_max}: must be at least 1")
         check(self.d_arch in ('resnet', 'projected'), f"d_arch={self.d_arch!r}: use 'resnet' or 'projected'")
         check(self.loss in ('logistic', 'hinge'), f"loss={self.loss!r}: use 'logistic' or 'hinge'")
         check(self.feature_weights in ('pretrained', 'random'),
@@ -147,6 +163,12 @@ class Config:
     def magnitude_beta(self) -> float:
         "Decay of the magnitude EMA per step: 0.5 ** (batch / 20000), i.e. a half-life of 20k images."
         return self.magnitude_ema_beta if self.magnitude_ema_beta is not None else 0.5 ** (self.batch / 20000)
+
+    def batch_at(self, stage: int) -> tuple[int, int | None]:
+        "(batch, batch_gpu) of progressive stage `stage`: stage_batch / stage_batch_gpu, else batch / batch_gpu."
+        batch = self.stage_batch[stage] if stage < len(self.stage_batch) else self.batch
+        batch_gpu = self.stage_batch_gpu[stage] if stage < len(self.stage_batch_gpu) else self.batch_gpu
+        return batch, batch_gpu
 
     def replace(self, **changes) -> 'Config':
         "A copy with `changes` applied (and validated). Unknown names raise with the list of valid ones."
@@ -208,7 +230,7 @@ RUNG_DIFFS: dict[str, dict[str, Any]] = {
     # C: pretrained class embeddings (lite0's 320-channel block, pooled per class) into G and D.
     'C': dict(pretrained_embeddings=True, embed_dim=320, embed_proj_dim=64),
     # D: progressive growing from a 16x16 stem.
-    'D': dict(progressive=True, stem_resolution=16, stem_layers=10, head_layers=7),
+    'D': dict(progressive=True, stem_resolution=16, stem_layers=10, head_layers=7, stage_batch=(2048, 2048)),
     # E: a second feature network: DeiT-base beside lite0 (8 discriminators).
     'E': dict(feature_nets=(LITE0, DEIT_BASE)),
     # F: classifier guidance on G's output at 32x32 and above.
@@ -219,7 +241,7 @@ RUNG_DIFFS: dict[str, dict[str, Any]] = {
 TINY: dict[str, Any] = dict(
     resolution=32, w_dim=128, mapping_layers=2, num_layers=6, num_critical=2, channel_base=2048, channel_max=64,
     d_channel_base=1024, d_channel_max=64, stem_layers=4, head_layers=2, stage_kimg=0.5, feature_resolution=64,
-    ccm_channels=(16, 32, 48, 64), batch=8, kimg=1.0, snap_kimg=0.25, metrics=(), workers=0,
+    ccm_channels=(16, 32, 48, 64), head_channel_max=64, stage_batch=(), batch=8, kimg=1.0, snap_kimg=0.25, metrics=(), workers=0,
     blur_fade_kimg=0.5, pl_start_kimg=0.25)
 # Rung-dependent tiny values (applied after the rung's diff): narrower embeddings, a smaller ViT.
 TINY_RUNG: dict[str, dict[str, Any]] = {
@@ -271,6 +293,16 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
         n = torch.cuda.device_count()
         check(dev.index is None or dev.index < n, f"device={device!r}: only {n} CUDA device(s) (0..{n - 1})", RuntimeError)
     return dev
+
+# %% ../nbs/00_core.ipynb #21097af6
+def record_value(name: str, value: float) -> float:
+    "Append `test id<TAB>name<TAB>value` to the file named by $SGXL_RECORD, if set (for tools/flaky.py); return `value`."
+    path = os.environ.get('SGXL_RECORD')
+    if path:
+        check('\t' not in name and '\n' not in name, f"record_value name {name!r}: no tabs or newlines")
+        test = os.environ.get('PYTEST_CURRENT_TEST', 'no test').rsplit(' (', 1)[0]   # 'tests/x.py::t (call)' -> id
+        with open(path, 'a') as f: f.write(f'{test}\t{name}\t{float(value)!r}\n')
+    return value
 
 # %% ../nbs/00_core.ipynb #05977668
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -924,8 +924,10 @@ def cutout(x: torch.Tensor, ratio: float = 0.5, generator=None) -> torch.Tensor:
 AUGMENTS = {'color': color, 'translation': translation, 'cutout': cutout,
             'brightness': brightness, 'saturation': saturation, 'contrast': contrast}
 
-def diff_augment(x: torch.Tensor, policy: str = 'color,translation,cutout', generator=None) -> torch.Tensor:
-    "Apply the ops named in `policy` (comma-separated, in order) to float images (N, 3, H, W) in [-1, 1]."
+def diff_augment(x: torch.Tensor, policy: str = 'color,translation,cutout', generator=None,
+                 cutout_ratio: float = 0.5) -> torch.Tensor:
+    """Apply the ops named in `policy` (comma-separated, in order) to float images (N, 3, H, W) in [-1, 1].
+    `cutout_ratio`: side of the cutout square / image side (DiffAugment: 0.5; Projected GAN, StyleGAN-XL: 0.2)."""
     check(isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point(),
           f"diff_augment wants float images (N, C, H, W) in [-1, 1]; got "
           f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
@@ -933,5 +935,7 @@ def diff_augment(x: torch.Tensor, policy: str = 'color,translation,cutout', gene
     ops = [p.strip() for p in policy.split(',') if p.strip()]
     unknown = [p for p in ops if p not in AUGMENTS]
     check(not unknown, f"DiffAugment policy {policy!r}: unknown op(s) {unknown}; choose from {', '.join(AUGMENTS)}")
-    for op in ops: x = AUGMENTS[op](x, generator=generator)
+    check(0 < cutout_ratio <= 1, f"cutout_ratio={cutout_ratio}: use a fraction in (0, 1], e.g. 0.2")
+    for op in ops:
+        x = cutout(x, cutout_ratio, generator) if op == 'cutout' else AUGMENTS[op](x, generator=generator)
     return x

@@ -74,7 +74,7 @@ def check_labelled(dataset) -> int:
     check(num_classes > 0 and labels is not None,
           f"dataset {name!r} is unconditional (no class labels): class embeddings are the mean features of each "
           f"class, so they need a labelled dataset. Add labels (dataset.json; `sgxl dataset` builds it from a "
-          f"class-folder tree), or train without classes (rung B, c_dim=0)")
+          f"class-folder tree), or train without classes: rung B, or D and E, which grow on unlabelled data")
     if isinstance(labels, np.ndarray):
         counts = torch.from_numpy(np.bincount(labels, minlength=num_classes))
         class_means(torch.zeros(num_classes, 1, dtype=torch.float64), counts, getattr(dataset, 'class_names', None))

@@ -32,19 +32,10 @@ __all__ = ['load_network', 'parse_range', 'check_classes', 'z_from_seeds', 'samp
 
 # %% ../nbs/12_explore.ipynb #5e0dd799
 def load_network(path, device: str | torch.device | None = 'cpu', which: str = 'G_ema') -> tuple[nn.Module, dict]:
-    "(G, meta) from a checkpoint (.json / .safetensors) or a run folder (its best or latest checkpoint), in eval mode."
-    p = Path(path).expanduser()
-    found = p.exists() or p.with_name(p.name + '.json').exists()
-    check(found, f"no network at {str(path)!r}: give a run folder (its best or latest checkpoint is used) or a "
-          f"checkpoint file such as runs/<name>/ckpt-000100.json", FileNotFoundError)
-    try:
-        from sgxl.training import load_generator
-    except ImportError:
-        raise RuntimeError("this sgxl cannot read checkpoints: sgxl.training.load_generator is missing (it arrives "
-                           "with the training loop); update sgxl, or call the functions of sgxl.explore with a "
-                           "Generator object") from None
-    G, meta = load_generator(p, device=str(get_device(device)), which=which)
-    return G.eval().requires_grad_(False), dict(meta or {})
+    """(G, meta) in eval mode from a run folder (its best or latest checkpoint), a checkpoint file, a folder written by
+    `sgxl export`, hf://USER/REPO or a release .pkl: the one resolver of sgxl.networks (16_networks)."""
+    from sgxl.networks import read_network                               # (networks imports training, which is heavy)
+    return read_network(path, device, which)
 
 # %% ../nbs/12_explore.ipynb #4df48cbd
 def parse_range(spec: str | int | Sequence[int], what: str = 'seeds') -> list[int]:
@@ -287,8 +278,10 @@ def explore_figure(G: nn.Module, seed: int = 0, c: int | None = 0, psi: float = 
     return show_images(imgs, nrow=3, titles=titles, figsize=figsize,
                        suptitle=f'psi {psi:.2f}, move ({tx:+.2f}, {ty:+.2f}), rotate {angle:+.0f} deg')
 
-def explorer(G: nn.Module, max_seed: int = 1000):
-    "An ipywidgets explorer over `explore_figure`: seeds, classes, psi, t, space, translation and rotation."
+def explorer(G: nn.Module | str | Path, max_seed: int = 1000):
+    """An ipywidgets explorer over `explore_figure`: seeds, classes, psi, t, space, translation and rotation. `G` is
+    a generator, or anything --network takes (run, checkpoint, exported folder, hf://USER/REPO)."""
+    if isinstance(G, (str, Path)): G, _ = load_network(G)
     import ipywidgets as W
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -329,7 +322,8 @@ def generate_parser() -> argparse.ArgumentParser:
                '  sgxl generate --network runs/shapes --seeds 0-3 --class 2 --interp z,w --outdir out\n'
                '  sgxl generate --network runs/shapes --seeds 5 --classes 0-3 --interp class --outdir out')
     p.add_argument('--network', required=True, metavar='PATH',
-                   help='run folder (its best or latest checkpoint) or checkpoint file (ckpt-*.json)')
+                   help='a run folder (its best or latest checkpoint), a checkpoint file (ckpt-*.json), a folder written by '
+                   '`sgxl export`, hf://USER/REPO (the Hugging Face hub or its cache) or a release .pkl')
     p.add_argument('--outdir', required=True, metavar='DIR', help='folder for the PNGs, GIFs and generate.json')
     p.add_argument('--seeds', metavar='LIST', help="seeds, e.g. '0-15' or '1,4,7-9' (default: 0-7; for a class sheet "
                    "0..per-class-1)")

@@ -73,8 +73,9 @@ def continue_schedule(kept: Sequence[LayerSpec], resolution: int, num_layers: in
     return specs
 
 # %% ../nbs/07_config_d.ipynb #46753544
-def stage_resolutions(cfg: Config, up: int = 2) -> list[int]:
-    "Output resolution of every stage of `cfg`: stem_resolution, then `up` times more each stage, to resolution."
+def stage_resolutions(cfg: Config, up: int | None = None) -> list[int]:
+    "Output resolution of every stage of `cfg`: stem_resolution, then `up` (default cfg.grow_up) times more each stage."
+    up = cfg.grow_up if up is None else up
     check(isinstance(up, int) and is_pow2(up) and up >= 2, f"up={up!r}: grow by a power of two (2 or 4)")
     check(is_pow2(cfg.stem_resolution) and 8 <= cfg.stem_resolution <= cfg.resolution,
           f"stem_resolution={cfg.stem_resolution}: use a power of two from 8 to resolution={cfg.resolution} "
@@ -89,7 +90,7 @@ def head_layers_at(cfg: Config, resolution: int) -> int:
     "Synthesis layers the stage that reaches `resolution` adds: cfg.head_layers (paper 7), 2 fewer at 1024 (paper 5)."
     return max(cfg.head_layers - 2, cfg.num_critical) if resolution >= 1024 else cfg.head_layers
 
-def stage_schedule(cfg: Config, stage: int, up: int = 2, img_channels: int = 3) -> list[LayerSpec]:
+def stage_schedule(cfg: Config, stage: int, up: int | None = None, img_channels: int = 3) -> list[LayerSpec]:
     "The whole schedule of stage `stage` (0 = the stem) of `cfg`: the stem's, cut and continued `stage` times."
     resolutions = stage_resolutions(cfg, up)
     check(isinstance(stage, int) and 0 <= stage < len(resolutions),
@@ -158,9 +159,11 @@ class ProgressiveGenerator(Generator):
     """The StyleGAN3-T generator of stage `stage` of `cfg`'s progressive growing (rung D+): the stem's schedule
     cut and continued `stage` times. From stage 1 on the mapping network, the Fourier input and every layer
     before the current head are frozen (parameters and buffers); `grow()` adds the next stage in place."""
-    def __init__(self, cfg: Config, c_dim: int | None = None, stage: int = 0, img_channels: int = 3, up: int = 2):
+    def __init__(self, cfg: Config, c_dim: int | None = None, stage: int = 0, img_channels: int = 3,
+                 up: int | None = None):
         check(isinstance(cfg, Config) and cfg.progressive, f"a progressive generator needs a config with "
               f"progressive=True (rung D and later: make_config('D', ...)); got {getattr(cfg, 'cfg', cfg)!r}")
+        up = cfg.grow_up if up is None else up                     # growth factor per stage (2, or 4)
         resolutions = stage_resolutions(cfg, up)
         schedule = stage_schedule(cfg, stage, up, img_channels)
         super().__init__(cfg.z_dim, cfg.c_dim if c_dim is None else c_dim, cfg.w_dim, resolutions[stage],
@@ -177,7 +180,7 @@ class ProgressiveGenerator(Generator):
 
     @classmethod
     def from_config(cls, cfg: Config, c_dim: int | None = None, img_channels: int = 3, stage: int = 0,
-                    up: int = 2) -> 'ProgressiveGenerator':
+                    up: int | None = None) -> 'ProgressiveGenerator':
         return cls(cfg, c_dim, stage, img_channels, up)
 
     @property
@@ -216,7 +219,7 @@ class ProgressiveGenerator(Generator):
                 f"layers + ToRGB, {self.num_frozen_layers} frozen")
 
 def progressive_generator(cfg: Config, c_dim: int | None = None, stage: int = 0, img_channels: int = 3,
-                          up: int = 2) -> ProgressiveGenerator:
+                          up: int | None = None) -> ProgressiveGenerator:
     "The generator of stage `stage` of `cfg`, built directly (e.g. to load a checkpoint whose metadata says `stage`)."
     return ProgressiveGenerator(cfg, c_dim, stage, img_channels, up)
 
@@ -311,7 +314,7 @@ class StagePolicy:
               f"want stage_kimg >= 0, patience >= 1, min_delta >= 0")
 
     @classmethod
-    def from_config(cls, cfg: Config, up: int = 2) -> 'StagePolicy':
+    def from_config(cls, cfg: Config, up: int | None = None) -> 'StagePolicy':
         return cls(len(stage_resolutions(cfg, up)), cfg.stage_kimg, cfg.stage_patience)
 
     @property
@@ -355,13 +358,15 @@ class RungD(RungC):
     def data_resolution(cfg: Config) -> int: return cfg.stem_resolution      # the data the first stage trains on
 
     def make_networks(self) -> tuple[nn.Module, nn.Module]:
-        check(self.dataset is not None, "rung D computes its class embeddings from the dataset: pass dataset=")
         cfg = self.cfg.replace(c_dim=self.c_dim)
         stage_schedule(cfg, len(stage_resolutions(cfg)) - 1)                   # every stage can be built: fail now,
         self.policy = StagePolicy.from_config(cfg)                             # not at a stage switch hours later
         nets = feature_networks(cfg)
-        lite0 = next(n for n in nets if n.name == LITE0)
-        self.class_table = class_embeddings(self.dataset, lite0, device=self.device, progress=False).to(self.device)
+        self.class_table = None                                              # unlabelled data: no class embeddings
+        if self.c_dim:
+            check(self.dataset is not None, "rung D computes its class embeddings from the dataset: pass dataset=")
+            lite0 = next(n for n in nets if n.name == LITE0)
+            self.class_table = class_embeddings(self.dataset, lite0, device=self.device, progress=False).to(self.device)
         return self.stage_networks(0, nets)
 
     def stage_networks(self, stage: int, nets=None) -> tuple[nn.Module, nn.Module]:
@@ -401,7 +406,7 @@ class RungD(RungC):
     def load_extra_state(self, state: dict):
         "Rebuild the networks of the checkpoint's stage (weights follow), then the policy and the table."
         super().load_extra_state(state)
-        if 'class_table' in state: self.class_table = state['class_table'].to(self.device)
+        if state.get('class_table') is not None: self.class_table = state['class_table'].to(self.device)
         if state.get('stage', 0) != self.stage:
             G, D = self.stage_networks(state['stage'], self.D.feature_nets)
             self.G, self.D = G.to(self.device).train(), D.to(self.device).train()

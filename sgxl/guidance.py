@@ -369,16 +369,18 @@ def make_classifier(cfg: Config, dataset, imagenet: bool | None = None, cache_di
 class RungF(RungD):
     "Rung E plus classifier guidance: G's loss += cls_weight * CE(classifier(G(z, c)), c) from 32x32 on."
     def build(self):
+        check(self.c_dim > 0, f"rung F adds classifier guidance, which needs class labels, and the dataset "
+              f"{getattr(self.dataset, 'name', self.cfg.data)!r} has none: train --cfg E on it (everything of F but the "
+              f"guidance and the class embeddings: progressive growing, both feature networks), or give a labelled "
+              f"dataset (dataset.json; `sgxl dataset` builds it from class folders)")
         super().build()
-        check(self.c_dim > 0, "classifier guidance (rung F) needs class labels: use a labelled dataset, "
-              "or train rung E (cfg='E') on unlabelled data")
         data = load(self.cfg.data, resolution=self.cfg.resolution) if self.cfg.cls_weight > 0 else None
         self.classifier = (make_classifier(self.cfg.replace(c_dim=self.c_dim), data, device=self.device).to(self.device)
                            if data is not None else None)
 
     def g_loss(self, b: Chunk):
         fake = self.generate(b)
-        loss = hinge_g_loss(self.discriminate(fake, b.c))                   # $-D(G(z))$
-        guide = guidance_loss(self.classifier, fake, b.c, self.cfg.cls_weight, self.resolution,
+        loss = hinge_g_loss(self.discriminate(fake, b.c_g), **self.adv_reduce())   # $-D(G(z))$, summed as released
+        guide = guidance_loss(self.classifier, fake, b.c_g, self.cfg.cls_weight, self.resolution,
                               self.cfg.cls_min_resolution) if self.classifier is not None else loss.new_zeros([])
         return loss + guide, {'loss/G': loss, 'loss/guidance': guide}

@@ -33,7 +33,7 @@ __all__ = ['load_target', 'as_target', 'reconstruction_psnr', 'PerceptualDistanc
            'locality_points', 'pivot_loss', 'pivotal_tuning', 'Inversion', 'invert', 'class_direction', 'edit_ws',
            'class_swap', 'AttributeDirection', 'fisher_direction', 'labelled_samples', 'attribute_direction',
            'edit_grid', 'edit_figure', 'invert_parser', 'parse_invert_args', 'check_invert_classes', 'network_config',
-           'guidance_classifier_for', 'invert_main']
+           'guidance_classifier_for', 'save_tuned_generator', 'invert_main']
 
 # %% ../nbs/13_inversion.ipynb #ad6127ef
 def load_target(path, resolution: int, resize: bool = False) -> torch.Tensor:
@@ -348,11 +348,13 @@ def invert_parser() -> argparse.ArgumentParser:
                     'dataset), then pivotal tuning (PTI: fine-tune G around that w). Prints the PSNR at the class\n'
                     'mean, after projection and after PTI, and writes into --outdir: target.png, projected.png,\n'
                     'pti.png, compare.png (the three side by side), pivot.safetensors (ws and class),\n'
+                    'pti-generator.json + .safetensors (the tuned generator; `sgxl edit --inversion` reads both),\n'
                     'inversion.json (PSNRs, class, settings) and, with --edit-classes, edit.png.',
         epilog='examples:\n  sgxl invert --network runs/shapes --target cat.png --steps 200 --pti-steps 100 --outdir out\n'
                '  sgxl invert --network runs/shapes --target photo.jpg --resize --class 3 --edit-classes 2,5 --outdir out')
     p.add_argument('--network', required=True, metavar='PATH',
-                   help='run folder (its best or latest checkpoint) or checkpoint file (ckpt-*.json)')
+                   help='a run folder (its best or latest checkpoint), a checkpoint file (ckpt-*.json), a folder written by '
+                   '`sgxl export`, hf://USER/REPO (the Hugging Face hub or its cache) or a release .pkl')
     p.add_argument('--target', required=True, metavar='IMAGE',
                    help="PNG or JPEG to invert, the size of the network's images (or use --resize)")
     p.add_argument('--outdir', required=True, metavar='DIR', help='folder for the images, the pivot and inversion.json')
@@ -411,7 +413,16 @@ def guidance_classifier_for(G: nn.Module, meta: dict, data: str | None, device) 
     return make_classifier(cfg, dataset, device=device)
 
 # %% ../nbs/13_inversion.ipynb #6388635d
-def _save_outputs(outdir: Path, target, inv: Inversion, G, args, scale: int) -> list[str]:
+def save_tuned_generator(outdir: Path, inv: Inversion, meta: dict) -> list[str]:
+    "The tuned generator as a checkpoint `load_network` reads (pti-generator.json + .safetensors), with the network's config."
+    from sgxl.training import save_checkpoint
+    cfg = meta.get('config')
+    keep = {k: v for k, v in meta.items() if k in ('stage', 'dataset', 'kimg', 'step')}
+    keep['config'] = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    save_checkpoint(outdir / 'pti-generator', {'rung': {'G_ema': inv.G.state_dict()}}, dict(keep, pti=True))
+    return ['pti-generator.json', 'pti-generator.safetensors']
+
+def _save_outputs(outdir: Path, target, inv: Inversion, G, args, scale: int, meta: dict | None = None) -> list[str]:
     from safetensors.torch import save_file
     images = dict(target=target.cpu(), projected=inv.projection.image, pti=inv.tuning.image)
     for name, img in images.items(): save_image(upscale(img, scale)[0], outdir / f'{name}.png')
@@ -420,6 +431,7 @@ def _save_outputs(outdir: Path, target, inv: Inversion, G, args, scale: int) -> 
     if inv.c is not None: tensors['c'] = torch.tensor([inv.c])
     save_file(tensors, str(outdir / 'pivot.safetensors'))
     written = [f'{n}.png' for n in images] + ['compare.png', 'pivot.safetensors']
+    if meta is not None: written += save_tuned_generator(outdir, inv, meta)   # what `sgxl edit --inversion` reads
     if args.edit_classes:
         ks = check_classes(G, parse_range(args.edit_classes, '--edit-classes')).tolist()
         sample_w_means(G, [inv.c, *ks])                                    # exact means of this network
@@ -448,7 +460,7 @@ def invert_main(argv: Sequence[str] | None = None) -> int:
                      projection=dict(lr=args.lr, pixel_weight=args.pixel_weight, space=args.space),
                      tuning=dict(lr=pti_lr, locality_weight=args.locality_weight))
         outdir.mkdir(parents=True, exist_ok=True)
-        written = _save_outputs(outdir, target, inv, G, args, args.scale)
+        written = _save_outputs(outdir, target, inv, G, args, args.scale, meta)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f'sgxl invert: error: {e}', file=sys.stderr)
         return 1

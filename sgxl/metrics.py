@@ -27,18 +27,19 @@ from .core import atomic_write, check, get_device, to_uint8
 from .stylegan3 import FourierInput, warp_images
 
 # %% auto #0
-__all__ = ['INCEPTION_FILES', 'INCEPTION_SOURCE', 'VGG16_FILES', 'VGG16_SOURCE', 'RFID_SEED', 'EXTRACTORS', 'STANDARD_METRICS',
-           'METRIC_FEATURES', 'EQ_KINDS', 'CACHE_VERSION', 'EQ_MAX_TRANSLATE', 'EQ_MAX_ROTATE', 'trace_sqrt_product',
-           'frechet_distance', 'FeatureStats', 'inception_score', 'polynomial_kernel', 'mmd2_unbiased',
-           'kernel_inception_distance', 'knn_radii', 'manifold_coverage', 'precision_recall', 'weights_dirs',
-           'find_weights', 'load_inception_state_dict', 'load_vgg16_state_dict', 'random_inception_state_dict',
-           'InceptionFeatures', 'VGG16Features', 'make_extractor', 'MetricSpec', 'parse_metric', 'check_generator',
-           'sample_inputs', 'generated_images', 'real_indices', 'real_images', 'cache_folder', 'real_cache_path',
-           'save_npz', 'load_npz', 'extract_features', 'gather_in_order', 'gather_feature_stats', 'real_statistics',
-           'score', 'content_transform', 'transform_images', 'fourier_input_renderer', 'psnr', 'equivariance_error',
-           'random_transforms', 'equivariance_renderer', 'equivariance_metric', 'ToyField', 'check_metrics',
-           'compute_metrics', 'compute_metric', 'load_generator', 'load_dataset', 'format_table', 'default_output',
-           'metrics_parser', 'metrics_main']
+__all__ = ['INCEPTION_FILES', 'INCEPTION_SOURCE', 'VGG16_FILES', 'VGG16_SOURCE', 'RFID_SEED', 'WEIGHTS_DOWNLOADS', 'EXTRACTORS',
+           'STANDARD_METRICS', 'METRIC_FEATURES', 'EQ_KINDS', 'CACHE_VERSION', 'EQ_MAX_TRANSLATE', 'EQ_MAX_ROTATE',
+           'trace_sqrt_product', 'frechet_distance', 'FeatureStats', 'inception_score', 'polynomial_kernel',
+           'mmd2_unbiased', 'kernel_inception_distance', 'knn_radii', 'manifold_coverage', 'precision_recall',
+           'weights_dirs', 'find_weights', 'offline', 'download_weights', 'load_inception_state_dict',
+           'load_vgg16_state_dict', 'random_inception_state_dict', 'InceptionFeatures', 'VGG16Features',
+           'make_extractor', 'MetricSpec', 'parse_metric', 'check_generator', 'sample_inputs', 'generated_images',
+           'real_indices', 'real_images', 'cache_folder', 'real_cache_path', 'save_npz', 'load_npz', 'extract_features',
+           'gather_in_order', 'gather_feature_stats', 'real_statistics', 'score', 'content_transform',
+           'transform_images', 'fourier_input_renderer', 'psnr', 'equivariance_error', 'random_transforms',
+           'equivariance_renderer', 'equivariance_metric', 'ToyField', 'check_metrics', 'compute_metrics',
+           'compute_metric', 'load_generator', 'load_dataset', 'format_table', 'default_output', 'metrics_parser',
+           'metrics_main']
 
 # %% ../nbs/11_metrics.ipynb #370d304c
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
@@ -172,15 +173,60 @@ def weights_dirs(weights: str | os.PathLike | None = None) -> list[Path]:
     return dirs
 
 def find_weights(names: Sequence[str], what: str, source: str, weights: str | os.PathLike | None = None) -> Path:
-    "The first file named in `names` found in `weights_dirs(weights)` (or `weights` itself if it is a file)."
+    """The first file named in `names` found in `weights_dirs(weights)` (or `weights` itself if it is a file); else,
+    when online, the first of them downloaded from its published address into the cache (hash checked)."""
     if weights is not None and Path(weights).is_file(): return Path(weights)
     for d in weights_dirs(weights):
         for n in names:
             if (d / n).is_file(): return d / n
+    why = ''
+    name = next((n for n in names if n in WEIGHTS_DOWNLOADS), None)
+    if name is not None:
+        try: return download_weights(name)
+        except OSError as e: why = f" Downloading it failed: {e}."
     raise FileNotFoundError(
-        f"{what} weights not found: looked for {' or '.join(names)} in {', '.join(map(str, weights_dirs(weights)))}. "
+        f"{what} weights not found: looked for {' or '.join(names)} in {', '.join(map(str, weights_dirs(weights)))}.{why} "
         f"This file comes from {source}; download it once and copy it into one of those folders, set "
         f"SGXL_WEIGHTS_DIR to its folder, or pass weights=PATH. (rFID and EQ-T/EQ-R need no download.)")
+
+# %% ../nbs/11_metrics.ipynb #bb815428
+# file name -> (published address, leading hex digits of its SHA-256)
+WEIGHTS_DOWNLOADS: dict[str, tuple[str, str]] = {
+    'pt_inception-2015-12-05-6726825d.pth':
+        ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth',
+         '6726825d'),
+    'vgg16-397923af.pth': ('https://download.pytorch.org/models/vgg16-397923af.pth', '397923af'),
+}
+
+def offline() -> bool:
+    "SGXL_OFFLINE or HF_HUB_OFFLINE set (to 1, true, yes, on): no network downloads."
+    return any(os.environ.get(v, '').strip().lower() in ('1', 'true', 'yes', 'on') for v in ('SGXL_OFFLINE', 'HF_HUB_OFFLINE'))
+
+def download_weights(name: str, timeout: float = 30.0) -> Path:
+    "Fetch `name` from WEIGHTS_DOWNLOADS into the weights cache, check its SHA-256 prefix, return its path."
+    import shutil
+    import tempfile
+    import urllib.request
+    url, digest = WEIGHTS_DOWNLOADS[name]
+    if offline() and not url.startswith('file:'):
+        raise OSError(f'offline (SGXL_OFFLINE / HF_HUB_OFFLINE is set), so {url} was not tried')
+    dest = Path(os.environ.get('SGXL_WEIGHTS_DIR') or Path('~/.cache/sgxl/weights').expanduser())
+    dest.mkdir(parents=True, exist_ok=True)
+    print(f'sgxl.metrics: downloading {name} from {url} into {dest}', file=sys.stderr, flush=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.part', dir=dest)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(url, timeout=timeout) as src:
+            for chunk in iter(lambda: src.read(1 << 20), b''): out.write(chunk); h.update(chunk)
+            out.flush(); os.fsync(out.fileno())
+        if not h.hexdigest().startswith(digest):
+            raise OSError(f'{url} has SHA-256 {h.hexdigest()[:16]}..., not {digest}...: a corrupted or different file '
+                          f'(nothing was kept)')
+        os.replace(tmp, dest / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest / name
 
 # %% ../nbs/11_metrics.ipynb #18f4394b
 @functools.lru_cache(maxsize=None)
@@ -661,9 +707,9 @@ def _progress_bar(on: bool):
 
 # %% ../nbs/11_metrics.ipynb #4e2e7850
 def load_generator(path: str, device=None):
-    "(G_ema, checkpoint metadata) from a run folder or checkpoint, in sgxl.training's format."
-    from sgxl.training import load_generator as load_trained       # (training imports this module lazily)
-    return load_trained(path, device or 'auto')
+    "(G_ema, metadata) from any --network (run, checkpoint, exported folder, hf://USER/REPO, .pkl): sgxl.networks' resolver."
+    from sgxl.networks import read_network                         # (networks imports training, which imports this)
+    return read_network(path, device or 'auto')
 
 def load_dataset(data: str, resolution: int | None = None):
     "The real images of `--data` (folder, zip or built-in name) at the generator's resolution."
@@ -677,7 +723,9 @@ def format_table(results: dict[str, float]) -> str:
                      + [f'{k:<{width}}  {v:.4f}' for k, v in results.items()])
 
 def default_output(network: str) -> Path:
-    "Where results go without --out: metrics.json in a run folder, else <checkpoint>.metrics.json beside it."
+    "Where results go without --out: metrics.json in a run (or exported) folder, else <checkpoint>.metrics.json beside it."
+    if str(network).startswith('hf://'):                             # a hub network: USER--REPO.metrics.json here
+        return Path(str(network)[len('hf://'):].replace('/', '--').replace('@', '-') + '.metrics.json')
     p = Path(network)
     return p / 'metrics.json' if p.is_dir() else p.with_name(p.name + '.metrics.json')
 
@@ -689,7 +737,9 @@ def metrics_parser() -> argparse.ArgumentParser:
         epilog=f"metrics: {', '.join(STANDARD_METRICS)}; smaller counts as fid2k, kid500, pr500_3 (or --num). "
                "Weights: pt_inception-2015-12-05-6726825d.pth and vgg16-397923af.pth are looked up in --weights-dir, "
                "$SGXL_WEIGHTS_DIR, torch hub's checkpoints folder and ~/.cache/sgxl/weights.")
-    p.add_argument('--network', required=True, help='run folder or checkpoint file')
+    p.add_argument('--network', required=True, metavar='PATH',
+                   help='a run folder (its best or latest checkpoint), a checkpoint file (ckpt-*.json), a folder written by '
+                   '`sgxl export`, hf://USER/REPO (the Hugging Face hub or its cache) or a release .pkl')
     p.add_argument('--data', help="real images to compare with (default: the run's own dataset, from its config)")
     p.add_argument('--metrics', default='fid50k', help='comma-separated metric names (default: fid50k)')
     p.add_argument('--truncation', type=float, default=1.0, help='truncation psi (default: 1.0, no truncation)')

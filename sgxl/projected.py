@@ -19,32 +19,43 @@ from .data import diff_augment
 from .features import FeatureNetwork, frozen_conv, resize
 
 # %% auto #0
-__all__ = ['FeatureProjector', 'ClassEmbedding', 'sn', 'down_block', 'PatchDiscriminator', 'blur_sigma_at', 'gaussian_blur',
-           'ProjectedDiscriminator', 'hinge_d_loss', 'hinge_g_loss', 'feature_networks', 'projected_discriminator',
-           'spectral_sigmas', 'RungB']
+__all__ = ['HEAD_CHANNELS', 'frozen_mix', 'upsample2', 'FeatureProjector', 'ClassEmbedding', 'sn', 'down_block', 'nearest_octave',
+           'PatchDiscriminator', 'blur_sigma_at', 'gaussian_blur', 'ProjectedDiscriminator', 'reduce_patches',
+           'hinge_d_loss', 'hinge_g_loss', 'feature_networks', 'projected_discriminator', 'spectral_sigmas', 'RungB']
 
 # %% ../nbs/05_config_b.ipynb #2f66f3db
+def frozen_mix(c_in: int, c_out: int) -> nn.Conv2d:
+    "A frozen random 1x1 conv with bias: weights ~ N(0, 1/c_in), bias ~ U(-1/sqrt(c_in), 1/sqrt(c_in))."
+    conv = frozen_conv(c_in, c_out, 1)
+    conv.bias = nn.Parameter(torch.empty(c_out).uniform_(-1, 1) / math.sqrt(c_in), requires_grad=False)
+    return conv
+
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    "(N, C, s, s) -> (N, C, 2s, 2s), bilinear with aligned corners."
+    return F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=True)
+
 class FeatureProjector(nn.Module):
-    "CCM + CSM, frozen random: 4 maps (N, C_l, s_l, s_l) -> 4 maps (N, K_l, s_l, s_l), K = `out_channels`."
-    def __init__(self, in_channels: Sequence[int], out_channels: Sequence[int] = (64, 128, 256, 512)):
+    "CCM + CSM, frozen random: 4 maps (N, C_l, s_l, s_l) -> 4 maps (N, out_channels[l], 2 s_l, 2 s_l)."
+    def __init__(self, in_channels: Sequence[int], ccm_channels: Sequence[int] = (64, 128, 256, 512)):
         super().__init__()
-        check(len(in_channels) == len(out_channels) == 4,
-              f"CCM needs 4 scales: got in_channels={tuple(in_channels)}, ccm_channels={tuple(out_channels)}")
-        self.out_channels = tuple(out_channels)
-        self.ccm = nn.ModuleList(frozen_conv(c, k, 1) for c, k in zip(in_channels, out_channels))
-        # CSM: coarser output (K_{l+1}) -> this scale's channels (K_l), 3x3
-        self.csm = nn.ModuleList(frozen_conv(out_channels[l + 1], out_channels[l], 3) for l in range(3))
+        check(len(in_channels) == len(ccm_channels) == 4,
+              f"CCM needs 4 scales: got in_channels={tuple(in_channels)}, ccm_channels={tuple(ccm_channels)}")
+        k = tuple(ccm_channels)
+        self.out_channels = (k[0], *k[:3])                           # CSM leaves scale l with K_{l-1} (K_0 at l=0)
+        self.ccm = nn.ModuleList(frozen_mix(c, kl) for c, kl in zip(in_channels, k))
+        self.csm = nn.ModuleList(frozen_mix(k[l], o) for l, o in enumerate(self.out_channels))   # K_l -> K_{l-1}
         self.requires_grad_(False)
 
     def requires_grad_(self, requires_grad: bool = True) -> 'FeatureProjector':
         return super().requires_grad_(False)  # frozen: never trainable
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        y = [ccm(f) for ccm, f in zip(self.ccm, feats)]             # $y_l = W_l f_l$: (N, K_l, s_l, s_l)
-        out = [y[3]]                                                 # $o_4 = y_4$
-        for l in (2, 1, 0):
-            up = resize(out[0], y[l].shape[-1])                      # (N, K_{l+1}, s_l, s_l)
-            out.insert(0, (y[l] + self.csm[l](up)) / math.sqrt(2))  # $o_l = (y_l + V_l * up(o_{l+1})) / \sqrt 2$
+        y = [ccm(f) for ccm, f in zip(self.ccm, feats)]             # $y_l = W_l f_l + b_l$: (N, K_l, s_l, s_l)
+        out, m = [], None
+        for l in (3, 2, 1, 0):
+            x = y[l] if m is None else y[l] + m                     # $y_l + m_{l+1}$: (N, K_l, s_l, s_l)
+            m = self.csm[l](upsample2(x))                            # $m_l$: (N, K_{l-1}, 2 s_l, 2 s_l)
+            out.insert(0, m)
         return out
 
 # %% ../nbs/05_config_b.ipynb #54853dd2
@@ -69,6 +80,8 @@ class ClassEmbedding(nn.Module):
         return c @ self.weight                                       # (N, c_dim) @ (c_dim, dim) -> (N, dim)
 
 # %% ../nbs/05_config_b.ipynb #c94047f6
+HEAD_CHANNELS = {4: 512, 8: 512, 16: 256, 32: 128, 64: 64, 128: 64, 256: 32, 512: 16, 1024: 8}  # by map size
+
 def sn(layer: nn.Module) -> nn.Module:
     "Spectral normalisation of `layer`'s weight: $\\bar W = W / \\sigma(W)$."
     return spectral_norm(layer)
@@ -78,28 +91,34 @@ def down_block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(sn(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False)),
                          nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
 
+def nearest_octave(size: int) -> int:
+    "The power of two nearest `size` (112 -> 128, 56 -> 64, 7 -> 8)."
+    return 2 ** round(math.log2(size))
+
 class PatchDiscriminator(nn.Module):
     "One scale's head: (N, C, s, s) features [+ (N, E) class embedding] -> (N, P) patch logits."
     def __init__(self, c_in: int, size: int, c_max: int = 512, cmap_dim: int = 0, embed_dim: int = 0,
-                 max_patches: int = 8):
+                 end_size: int = 8):
         super().__init__()
-        layers, c = [], c_in
-        while size > max_patches:                                    # halve until at most 8x8 patches
-            layers.append(down_block(c, min(2 * c, max(c_max, c))))
-            c, size = min(2 * c, max(c_max, c)), size // 2
-        self.patches = size
-        self.body = nn.Sequential(*layers, sn(nn.Conv2d(c, c, 3, padding=1)), nn.LeakyReLU(0.2))
+        layers, c, octave = [], c_in, nearest_octave(size)
+        while octave > end_size:                                     # one down-block per octave down to 8
+            c_out = min(HEAD_CHANNELS.get(octave // 2, 512), c_max)
+            layers.append(down_block(c, c_out))
+            c, size, octave = c_out, size // 2, octave // 2
+        pad = max(0, math.ceil((4 - size) / 2))                      # (only maps under 4x4 need it)
+        self.patches = size + 2 * pad - 3                            # 4x4 valid conv: s - 3 per side
+        self.body = nn.Sequential(*layers)
         self.cmap_dim = cmap_dim
-        self.out = sn(nn.Conv2d(c, cmap_dim or 1, 1))               # (N, M, s, s) or (N, 1, s, s)
+        self.out = sn(nn.Conv2d(c, cmap_dim or 1, 4, padding=pad, bias=False))   # (N, M, s-3, s-3)
         self.embed_proj = sn(nn.Linear(embed_dim, cmap_dim)) if cmap_dim else None
 
     def forward(self, x: torch.Tensor, embed: torch.Tensor | None = None) -> torch.Tensor:
-        phi = self.out(self.body(x))                                 # (N, M, s, s)
-        if self.cmap_dim == 0: return phi.flatten(1)                 # (N, s*s)
+        phi = self.out(self.body(x))                                 # (N, M, p, p)
+        if self.cmap_dim == 0: return phi.flatten(1)                 # (N, p*p)
         check(embed is not None, "this discriminator is class-conditional: pass the labels c")
         pe = self.embed_proj(embed)                                  # $P e(c)$: (N, M)
         # $D_p = \phi_p^\top P e(c) / \sqrt M$
-        return (phi * pe[:, :, None, None]).sum(1).flatten(1) / math.sqrt(self.cmap_dim)   # (N, s*s)
+        return (phi * pe[:, :, None, None]).sum(1).flatten(1) / math.sqrt(self.cmap_dim)   # (N, p*p)
 
 # %% ../nbs/05_config_b.ipynb #7c7416f6
 def blur_sigma_at(kimg: float, sigma: float, fade_kimg: float) -> float:
@@ -123,19 +142,27 @@ class ProjectedDiscriminator(nn.Module):
     "D(images in [-1, 1] (N, 3, H, W), labels c) -> patch logits (N, P) over frozen feature networks."
     def __init__(self, feature_nets: Sequence[FeatureNetwork], c_dim: int = 0,
                  ccm_channels: Sequence[int] = (64, 128, 256, 512), cmap_dim: int = 64,
-                 class_embedding: nn.Module | None = None, embed_dim: int = 64, diffaug: str = ''):
+                 class_embedding: nn.Module | None = None, embed_dim: int = 64, diffaug: str = '',
+                 cutout_ratio: float = 0.2, head_channel_max: int = 512):
         super().__init__()
         check(len(feature_nets) >= 1, "ProjectedDiscriminator needs at least one FeatureNetwork")
         check(class_embedding is None or c_dim > 0, "a class_embedding was given but c_dim=0: set c_dim")
         if c_dim and class_embedding is None: class_embedding = ClassEmbedding(c_dim, embed_dim)
         embed_dim = getattr(class_embedding, 'dim', embed_dim)
-        self.c_dim, self.diffaug = c_dim, diffaug
+        self.c_dim, self.diffaug, self.cutout_ratio = c_dim, diffaug, cutout_ratio
         self.feature_nets = nn.ModuleList(feature_nets)
         self.projectors = nn.ModuleList(FeatureProjector(net.channels, ccm_channels) for net in feature_nets)
         self.heads = nn.ModuleList(
-            nn.ModuleList(PatchDiscriminator(k, s, max(ccm_channels), cmap_dim if c_dim else 0, embed_dim)
-                          for k, s in zip(ccm_channels, net.sizes)) for net in feature_nets)
+            nn.ModuleList(PatchDiscriminator(k, 2 * s, head_channel_max, cmap_dim if c_dim else 0, embed_dim)
+                          for k, s in zip(proj.out_channels, net.sizes))    # CSM doubles each map's size
+            for net, proj in zip(feature_nets, self.projectors))
+        patches = {sum(h.patches ** 2 for h in heads) for heads in self.heads}
+        check(len(patches) == 1, f"the feature networks give different numbers of patches {sorted(patches)}: "
+              f"give them the same feature_resolution")
         self.class_embedding = class_embedding
+
+    @property
+    def num_feature_nets(self) -> int: return len(self.feature_nets)
 
     @property
     def num_discriminators(self) -> int: return sum(len(h) for h in self.heads)
@@ -163,22 +190,33 @@ class ProjectedDiscriminator(nn.Module):
         check((c is not None) == (self.c_dim > 0), f"D has c_dim={self.c_dim}: "
               f"{'pass the labels c' if self.c_dim else 'pass c=None (unconditional)'}")
         x = gaussian_blur(images, blur_sigma)                       # (N, 3, H, W)
-        if self.training and self.diffaug: x = diff_augment(x, self.diffaug, generator=generator)
         embed = self.class_embedding(c) if self.c_dim else None      # (N, E)
         logits = []
         for net, projector, heads in zip(self.feature_nets, self.projectors, self.heads):
-            feats = projector(net(x))                                # 4 x (N, K_l, s_l, s_l)
+            x_net = self.augment(x, generator)                       # drawn anew per feature network
+            feats = projector(net(x_net))                            # 4 x (N, K_{l-1}, 2 s_l, 2 s_l)
             logits += [head(f, embed) for head, f in zip(heads, feats)]   # 4 x (N, P_l)
-        return torch.cat(logits, dim=1)                              # (N, P)
+        return torch.cat(logits, dim=1)                              # (N, P) = K networks x P/K patches
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        "DiffAugment (`diffaug`, cutout of `cutout_ratio`) in training mode; identity in eval mode."
+        if not (self.training and self.diffaug): return x
+        return diff_augment(x, self.diffaug, generator=generator, cutout_ratio=self.cutout_ratio)
 
 # %% ../nbs/05_config_b.ipynb #4457343d
-def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    "$E[\\max(0, 1 - D(x))] + E[\\max(0, 1 + D(G(z)))]$ over images and patches."
-    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+def reduce_patches(per_patch: torch.Tensor, nets: int = 1, summed: bool = False) -> torch.Tensor:
+    "(N, P) per-patch losses of `nets` networks -> scalar: patch means per network, summed over (N, K) or averaged."
+    per_net = per_patch.reshape(len(per_patch), nets, -1).mean(2)   # (N, K)
+    return per_net.sum() if summed else per_net.mean()
 
-def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    "$-E[D(G(z))]$ over images and patches."
-    return -fake_logits.mean()
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, nets: int = 1,
+                 summed: bool = False) -> torch.Tensor:
+    "$E[\\max(0, 1 - D(x))] + E[\\max(0, 1 + D(G(z)))]$ over patches, then summed or averaged over images and nets."
+    return reduce_patches(F.relu(1 - real_logits), nets, summed) + reduce_patches(F.relu(1 + fake_logits), nets, summed)
+
+def hinge_g_loss(fake_logits: torch.Tensor, nets: int = 1, summed: bool = False) -> torch.Tensor:
+    "$-E[D(G(z))]$ over patches, then summed or averaged over images and nets."
+    return reduce_patches(-fake_logits, nets, summed)
 
 # %% ../nbs/05_config_b.ipynb #8cba9719
 def feature_networks(cfg: Config) -> list[FeatureNetwork]:
@@ -195,7 +233,8 @@ def projected_discriminator(cfg: Config, c_dim: int | None = None, class_embeddi
     check(cfg.d_arch == 'projected', f"config {cfg.cfg} has d_arch={cfg.d_arch!r}: the projected D is rung B+")
     return ProjectedDiscriminator(feature_networks(cfg), c_dim=cfg.c_dim if c_dim is None else c_dim,
                                   ccm_channels=cfg.ccm_channels, cmap_dim=cmap_dim,
-                                  class_embedding=class_embedding, diffaug=cfg.diffaug)
+                                  class_embedding=class_embedding, diffaug=cfg.diffaug,
+                                  cutout_ratio=cfg.cutout_ratio, head_channel_max=cfg.head_channel_max)
 
 # %% ../nbs/05_config_b.ipynb #68e24d25
 def spectral_sigmas(module: nn.Module, power_iterations: int = 0) -> dict[str, float]:
@@ -224,14 +263,18 @@ class RungB(RungA):
     def blur_sigma(self) -> float: return blur_sigma_at(self.kimg, self.cfg.blur_sigma, self.cfg.blur_fade_kimg)
     def discriminate(self, images, c) -> torch.Tensor: return self.D(images, c, blur_sigma=self.blur_sigma())
 
+    def adv_reduce(self) -> dict:
+        "How the hinge loss reduces: over the D's feature networks, summed (the release) or averaged."
+        return dict(nets=self.D.num_feature_nets, summed=self.cfg.adv_loss_sum)
+
     def g_loss(self, b: Chunk):
-        loss = hinge_g_loss(self.discriminate(self.generate(b), b.c))      # $-D(G(z))$
+        loss = hinge_g_loss(self.discriminate(self.generate(b), b.c_g), **self.adv_reduce())   # $-D(G(z))$
         return loss, {'loss/G': loss}
 
     def d_loss(self, b: Chunk):
-        with torch.no_grad(): fake = self.G(b.z_d, b.c)
-        real_logits, fake_logits = self.discriminate(b.real, b.c), self.discriminate(fake, b.c)
-        loss = hinge_d_loss(real_logits, fake_logits)
+        with torch.no_grad(): fake = self.G(b.z_d, b.c_d)
+        real_logits, fake_logits = self.discriminate(b.real, b.c), self.discriminate(fake, b.c_d)
+        loss = hinge_d_loss(real_logits, fake_logits, **self.adv_reduce())
         return loss, {'loss/D': loss, 'D/real': real_logits.mean(), 'D/fake': fake_logits.mean(),
                       'D/blur_sigma': loss.new_tensor(self.blur_sigma())}   # (watch the fade in the stats)
 
@@ -246,7 +289,7 @@ class RungB(RungA):
     def g_reg(self, b: Chunk):
         "Path length: $(\\lVert J_w^T y \\rVert - a)^2$ on half the chunk, times pl_weight * pl_interval (lazy)."
         n = max(1, len(b.z) // 2)
-        ws = self.G.mapping(b.z[:n], None if b.c is None else b.c[:n])       # (n, num_ws, w_dim)
+        ws = self.G.mapping(b.z[:n], None if b.c_g is None else b.c_g[:n])   # (n, num_ws, w_dim)
         if not ws.requires_grad: ws = ws.detach().requires_grad_(True)    # a frozen mapping network: J_w still exists
         img = self.G.synthesis(ws)                                         # (n, 3, R, R)
         y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])

@@ -296,7 +296,9 @@ def check_before_training(cfg: Config):
 class Trainer:
     "One training run: data, the rung, the loop, snapshots, checkpoints. Every rank trains; rank 0 writes."
     def __init__(self, cfg: Config, outdir='runs', resume=None, device=None, progress: bool = True,
-                 keep: int = 3, log_kimg: float | None = None, resume_changes: dict | None = None):
+                 keep: int = 3, log_kimg: float | None = None, resume_changes: dict | None = None, init=None):
+        check(init is None or resume is None, "--init starts a new run from a network's weights, --resume continues "
+              "a run: give one of them")
         self.rank, self.world, self.device = init_distributed(device)
         self.progress, self.keep = progress, keep
         resume_path = self.find_resume(resume)
@@ -313,6 +315,10 @@ class Trainer:
         self.set_data(cls.data_resolution(cfg) if getattr(cls, 'progressive', False) else cfg.resolution)
         self.cfg = cfg = cfg.replace(c_dim=self.dataset.num_classes)
         self.rung = cls(cfg, self.device, dataset=self.dataset, rank=self.rank, world=self.world)
+        self.init_info = None
+        if init is not None:                                                   # weights of another network (16_networks)
+            from sgxl.networks import init_rung
+            self.init_info = init_rung(self, init)
         self.step_index, self.results = 0, {}
         self.run_dir = resume_path.parent if resume_path is not None else (new_run_dir(outdir, cfg) if self.is_main else None)
         if resume_path is not None: self.load(resume_path)
@@ -323,7 +329,7 @@ class Trainer:
 
     def set_data(self, resolution: int):
         "The dataset at `resolution` (each progressive stage has its own) and a fresh loader over it."
-        self.dataset = load(self.cfg.data, resolution=resolution)
+        self.dataset = load(self.cfg.data, resolution=resolution, xflip=self.cfg.mirror)   # --mirror: x-flips too
         self.loader = infinite_loader(self.dataset, self.cfg.batch // self.world, self.cfg.seed, self.rank,
                                       self.world, self.cfg.workers)
         if hasattr(self, 'rung'): self.rung.dataset = self.dataset
@@ -362,7 +368,8 @@ def _trainer_meta(self) -> dict:
             'stage': getattr(self.rung, 'stage', 0), 'resolution': self.rung.resolution,
             'dataset': getattr(self.dataset, 'name', str(self.cfg.data)), 'metrics': self.results,
             'fid': metric_key(self.results), 'feature_weights': D_sources, 'sgxl_version': __version__,
-            'world_size': self.world, 'saved_at': time.strftime('%Y-%m-%d %H:%M:%S')}
+            'world_size': self.world, 'saved_at': time.strftime('%Y-%m-%d %H:%M:%S'),
+            **({'init': self.init_info} if self.init_info else {})}
 
 def _trainer_save(self) -> Path | None:
     "Write a checkpoint (rank 0); the other ranks hold identical state and write nothing."
@@ -542,6 +549,8 @@ TRAIN_EXAMPLES = """examples:
   sgxl train --resume runs/00003-F-paper-in128-128  # continue a run where its last checkpoint left it
   sgxl train --resume runs/00003-F-paper-in128-128 --kimg 20000   # ... and train it longer than first planned
   sgxl train --cfg B --preset tiny --set blur_sigma=1.0 --set diffaug=color --dry-run
+  sgxl train --cfg F --data pets.zip --init runs/00003-F-paper-in128-128   # fine-tune on new data (new classes ok)
+  sgxl train --cfg F --data in128.zip --resolution 128 --up 2 --init runs/00004-F-paper-in128-64  # the next stage
 """
 
 def train_parser() -> argparse.ArgumentParser:
@@ -560,11 +569,20 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--metrics', help="comma-separated metrics at each snapshot, e.g. fid50k,kid50k, or 'none'")
     p.add_argument('--seed', type=int, help='random seed (default 0)')
     p.add_argument('--workers', type=int, help='DataLoader worker processes per GPU')
+    p.add_argument('--mirror', action='store_true', default=None,
+                   help='x-flip augmentation of the real data: every image also mirrored (every released '
+                        'StyleGAN-XL command uses it)')
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                    help='any config field (see sgxl.core.Config), e.g. --set r1_gamma=2 --set cls_weight=4')
     p.add_argument('--outdir', default='runs', help='where new run folders go (default: runs)')
     p.add_argument('--resume', help='a run folder or checkpoint to continue with its stored config; only --kimg, '
                                     '--snap, --metrics and --workers may change it (e.g. --kimg to train longer)')
+    p.add_argument('--init', metavar='SOURCE', help='start a new run from the weights of SOURCE: a run folder, a '
+                   'checkpoint, an exported folder or hf://USER/REPO. New data is allowed; another number of classes '
+                   're-initialises the class tables; D is taken when its shapes match. For rungs D..F a source of a '
+                   'lower resolution is grown: the run trains the next stage (StyleGAN-XL\'s stage-wise recipe)')
+    p.add_argument('--up', type=int, choices=(2, 4), help='progressive rungs (D..F): each stage multiplies the '
+                   'resolution by 2 (default) or 4 (config field grow_up)')
     p.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda'")
     p.add_argument('--keep', type=int, default=3, help='checkpoints to keep besides the best (default 3)')
     p.add_argument('--dry-run', action='store_true', help='print the resolved config and exit')
@@ -596,7 +614,8 @@ def config_from_args(args) -> Config:
     preset = args.preset or ('tiny' if is_demo(args) else 'paper')
     args.cfg, args.data = args.cfg or 'F', args.data or 'shapes'
     overrides = {k: v for k, v in dict(data=args.data, kimg=args.kimg, batch=args.batch, batch_gpu=args.batch_gpu,
-                 snap_kimg=args.snap, seed=args.seed, workers=args.workers).items() if v is not None}
+                 snap_kimg=args.snap, seed=args.seed, workers=args.workers, mirror=args.mirror,
+                 grow_up=args.up).items() if v is not None}
     if args.metrics is not None: overrides['metrics'] = parse_metrics(args.metrics)
     resolution = args.resolution
     if resolution is None and not re.fullmatch(r'[A-Za-z]\w*(:.*)?', args.data):
@@ -607,7 +626,8 @@ def config_from_args(args) -> Config:
 def resume_changes_from_args(args) -> dict:
     "With --resume: the config changes asked for (--kimg, --snap, --metrics, --workers); other options are an error."
     fixed = {'--cfg': args.cfg, '--data': args.data, '--preset': args.preset, '--resolution': args.resolution,
-             '--batch': args.batch, '--batch-gpu': args.batch_gpu, '--seed': args.seed, '--set': args.set or None}
+             '--batch': args.batch, '--batch-gpu': args.batch_gpu, '--seed': args.seed, '--set': args.set or None,
+             '--mirror': args.mirror, '--up': args.up, '--init': args.init}
     given = [k for k, v in fixed.items() if v is not None]
     check(not given, f"--resume continues a run with its stored config, so {', '.join(given)} cannot be given with it "
                      "(only --kimg, --snap, --metrics and --workers can); start a new run to change it")
@@ -625,10 +645,11 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(cfg.to_json() if cfg else Path(resolve_checkpoint(args.resume)).read_text()[:2000]); return 0
         trainer = Trainer(cfg, outdir=args.outdir, resume=args.resume, device=args.device,
-                          progress=not args.quiet, keep=args.keep, resume_changes=changes)
+                          progress=not args.quiet, keep=args.keep, resume_changes=changes, init=args.init)
         if trainer.is_main:
             print(f'sgxl train: rung {trainer.cfg.cfg}, {trainer.cfg.preset} preset, {trainer.dataset.name}, '
                   f'{trainer.cfg.kimg:g} kimg -> {trainer.run_dir}')
+            for line in (trainer.init_info or {}).get('report', []): print(f'sgxl train: --init: {line}')
         run_dir = trainer.run()
     except (ValueError, FileNotFoundError, CheckpointError, MetricError) as e:
         print(f'sgxl train: error: {e}', file=sys.stderr)

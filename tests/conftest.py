@@ -1,14 +1,36 @@
-"""Shared pytest set-up: the repository root and a CPU-only, quiet environment."""
+"""Shared pytest set-up: the repository root, a CPU-only, quiet environment and a fixed number of CPU threads."""
 import os
 from pathlib import Path
 
+# One torch thread count for the whole session, whatever the machine: results of optimisation (inversion, PTI,
+# probes, training losses) move with the number of threads, because a parallel sum adds in another order. The
+# default is 1: the same everywhere, and fast on a loaded machine (threads that wait on each other on busy cores
+# made one inversion 25x slower). SGXL_TEST_THREADS=N overrides it; OMP_NUM_THREADS / MKL_NUM_THREADS carry it to
+# the processes tests start (CLI runs; notebooks: tests/test_notebooks.py sets it there too).
+THREADS = int(os.environ.setdefault('SGXL_TEST_THREADS', '1'))
+os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = str(THREADS)
+
 import pytest
+import torch
+
+torch.set_num_threads(THREADS)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Keep tests off any GPU unless a test asks for one, and never wait on the network for weights.
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('MPLBACKEND', 'Agg')
+
+
+def pytest_report_header(config):
+    return f'sgxl: {torch.get_num_threads()} torch CPU threads (SGXL_TEST_THREADS={THREADS})'
+
+
+@pytest.fixture(autouse=True)
+def _fixed_threads():
+    "Every test starts with the session's thread count (a test may change it for itself)."
+    torch.set_num_threads(THREADS)
+    yield
 
 
 @pytest.fixture

@@ -100,3 +100,31 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
     r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in (0, 1))
     assert torch.equal(r0['params'], r1['params']) and r0['nimg'] == r1['nimg'] == 3 * 2 * 2   # all ranks' images
     assert r0['stats'] != r1['stats'] and 'reg/r1' in r0['stats'][2]      # the ranks saw different data
+
+
+def test_d_optimiser_keeps_lazy_scaling_without_r1():
+    "D's Adam: lr 0.002 * 16/17, beta2 0.99 ** (16/17) with R1 (rung A) and without it (rung B), as the releases."
+    from sgxl.projected import RungB
+    for rung in (RungA(make_config('A', 'tiny'), 'cpu'), RungB(make_config('B', 'tiny'), 'cpu')):
+        group = rung.opt_D.param_groups[0]
+        assert group['lr'] == pytest.approx(0.002 * 16 / 17) and group['betas'][1] == pytest.approx(0.99 ** (16 / 17))
+    plain = RungB(make_config('B', 'tiny', d_lazy_scaling=False), 'cpu').opt_D.param_groups[0]
+    assert plain['lr'] == pytest.approx(0.002) and plain['betas'] == (0.0, 0.99)
+
+
+def test_fake_labels_follow_the_dataset_not_the_real_batch():
+    "The fakes' labels are drawn from the dataset's class frequencies, anew for G and D, whatever the reals are."
+    class Counts:                                                    # a dataset where class 2 is 3x as common
+        def class_counts(self): return torch.tensor([1, 1, 3, 0]).numpy()
+    seed_everything(0)
+    rung = RungA(make_config('A', 'tiny', c_dim=4, batch=4), 'cpu', dataset=Counts())
+    assert torch.allclose(rung.label_probs, torch.tensor([0.2, 0.2, 0.6, 0.0], dtype=torch.float64))
+    seen = []
+    forward = rung.G.forward
+    rung.G.forward = lambda z, c, **kw: (seen.append(c.clone()), forward(z, c, **kw))[1]
+    real_labels = torch.zeros(4, dtype=torch.long)                      # the reals: all class 0
+    for i in range(20): rung.step(_batch(4)[0], real_labels, step_index=i)
+    fake = torch.cat(seen)
+    counts = torch.bincount(fake, minlength=4).float() / len(fake)
+    assert counts[3] == 0 and abs(counts[2] - 0.6) < 0.15 and counts[0] < 0.4   # not the reals' class 0
+    assert RungA(make_config('A', 'tiny', c_dim=4), 'cpu').label_probs.tolist() == [0.25] * 4   # no dataset: uniform

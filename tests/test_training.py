@@ -168,3 +168,15 @@ def test_resume_with_kimg_trains_longer_and_other_changes_are_refused(device, tm
     _, meta = load_generator(run)
     assert meta['kimg'] >= 0.016 and meta['config']['kimg'] == 0.016      # the new length is the run's now
     assert [r['step'] for r in rows(run)] == [1, 2, 3, 4]
+
+
+def test_mirror_adds_x_flipped_reals(tmp_path, capsys):
+    "--mirror (a Config field and a `sgxl train` option): every real image also seen mirrored left to right."
+    assert train_main(['--cfg', 'B', *TINY, '--mirror', '--dry-run']) == 0
+    assert json.loads(capsys.readouterr().out)['mirror'] is True
+    assert make_config('B', 'tiny').mirror is False                        # off unless asked for
+    t = Trainer(make_config('A', 'tiny', data='shapes:num_images=40', batch=4, mirror=True), outdir=tmp_path,
+                progress=False)
+    assert len(t.dataset) == 80 and torch.equal(t.dataset[40 + 3][0], t.dataset[3][0].flip(-1))
+    assert train_main(['--resume', str(tmp_path), '--mirror', '--quiet']) == 1   # a resumed run keeps its data
+    assert '--mirror cannot be given' in capsys.readouterr().err
