@@ -256,7 +256,8 @@ def evaluate_run(run: Path, names: Sequence[str], dataset, device='auto', seed: 
 
 # %% ../nbs/14_ablation.ipynb #3fdeacb7
 METRIC_LABELS = {'fid': 'FID ↓', 'sfid': 'sFID ↓', 'rfid': 'rFID ↓', 'kid': 'KID ↓', 'is': 'IS ↑', 'pr': '',
-                 'eqt_int': 'EQ-T dB ↑', 'eqt_frac': 'EQ-T frac dB ↑', 'eqr': 'EQ-R dB ↑'}
+                 'eqt_int': 'EQ-T dB ↑', 'eqt_frac': 'EQ-T frac dB ↑', 'eqr': 'EQ-R dB ↑',
+                 'dfd': 'domain FD ↓', 'dacc': 'class acc ↑', 'ddiv': 'diversity (1 = data)', 'dpr': 'domain '}
 SUFFIX_LABELS = {'': '', '_mean': '', '_std': ' std', '_precision': 'precision ↑', '_recall': 'recall ↑'}
 
 def metric_label(key: str, names: Sequence[str]) -> str:

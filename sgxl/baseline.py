@@ -378,7 +378,7 @@ def _rung_step(self, real_images: torch.Tensor, real_labels=None, step_index: in
     self.after_step()
     average_buffers(self.D, self.world)                                       # (e.g. batch-norm statistics)
     self.nimg += n_global
-    beta = ema_beta(n_global, self.nimg, self.cfg.ema_half_life_kimg, self.cfg.ema_rampup)
+    beta = ema_beta(n_global, self.ema_nimg(), self.cfg.ema_half_life_kimg, self.cfg.ema_rampup)
     update_ema(self.G_ema, self.G, beta)
     return {**stats, 'ema_beta': beta}
 
@@ -416,5 +416,6 @@ def _rung_sample(self, z: torch.Tensor, c=None, truncation_psi: float = 1.0) -> 
 
 RungA.state_dict, RungA.load_state_dict, RungA.sample = _rung_state_dict, _rung_load_state_dict, _rung_sample
 RungA.after_step = lambda self: None                                         # hook: deferred updates of later rungs
+RungA.ema_nimg = lambda self: self.nimg                                      # hook: images the EMA ramp-up counts
 RungA.extra_state = lambda self: {}
 RungA.load_extra_state = lambda self, state: None

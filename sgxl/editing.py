@@ -136,7 +136,9 @@ def load_clip(model: str = CLIP_MODEL, weights: str = CLIP_WEIGHTS, device='cpu'
           f"random weights (pretrained position embeddings are for {model}'s own size)")
     if weights == 'random':
         _log.warning('CLIP %s with RANDOM weights (asked for by name): its similarities mean nothing', model)
-        net, source = _open_clip_model(model, image_size), 'random'
+        with torch.random.fork_rng(devices=[]):                           # the same random CLIP every time
+            torch.manual_seed(0)
+            net, source = _open_clip_model(model, image_size), 'random (seed 0)'
     elif weights in open_clip.list_pretrained_tags_by_model(model):
         quick = bool(open_clip.get_pretrained_cfg(model, weights).get('quick_gelu'))
         check(quick == bool(open_clip.get_model_config(model).get('quick_gelu')), f"the {weights!r} weights were trained "

@@ -157,8 +157,9 @@ def plot_growth(schedules: Sequence[Sequence[LayerSpec]], ax=None, title: str | 
 # %% ../nbs/07_config_d.ipynb #e74d6725
 class ProgressiveGenerator(Generator):
     """The StyleGAN3-T generator of stage `stage` of `cfg`'s progressive growing (rung D+): the stem's schedule
-    cut and continued `stage` times. From stage 1 on the mapping network, the Fourier input and every layer
-    before the current head are frozen (parameters and buffers); `grow()` adds the next stage in place."""
+    cut and continued `stage` times. From stage 1 on the mapping network and every layer before the current
+    head are frozen (parameters and magnitude EMAs); the Fourier input and w_avg keep training, as released.
+    `grow()` adds the next stage in place."""
     def __init__(self, cfg: Config, c_dim: int | None = None, stage: int = 0, img_channels: int = 3,
                  up: int | None = None):
         check(isinstance(cfg, Config) and cfg.progressive, f"a progressive generator needs a config with "
@@ -189,9 +190,9 @@ class ProgressiveGenerator(Generator):
     def num_frozen_layers(self) -> int: return self.head_start if self.stem_frozen else 0
 
     def frozen_modules(self) -> list[nn.Module]:
-        "Mapping network, Fourier input and the layers before the head while the stem is frozen; else []."
+        "Mapping network and the layers before the head while the stem is frozen (the Fourier input trains); else []."
         if not self.num_frozen_layers: return []
-        return [self.mapping, self.synthesis.input, *self.synthesis.layers[:self.head_start]]
+        return [self.mapping, *self.synthesis.layers[:self.head_start]]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         "Every parameter outside the frozen modules: what G's optimiser gets."
@@ -204,14 +205,14 @@ class ProgressiveGenerator(Generator):
         return self
 
     def freeze_stem(self, frozen: bool = True) -> 'ProgressiveGenerator':
-        "Freeze (or thaw) the mapping network, the Fourier input and the layers before the head, buffers included."
+        "Freeze (or thaw) the mapping network and the layers before the head (magnitude EMAs too; w_avg keeps updating)."
         for m in self.frozen_modules(): nn.Module.requires_grad_(m, True)         # thaw what was frozen ...
         self.stem_frozen = bool(frozen)
         for m in self.frozen_modules(): nn.Module.requires_grad_(m, False)        # ... and freeze what is now
         ema_frozen = self.synthesis.layer_kwargs['freeze_magnitude_ema']           # the config's choice (rung B+)
         for i, layer in enumerate(self.synthesis.layers):
             if isinstance(layer, SynthesisLayer): layer.freeze_magnitude_ema = ema_frozen or i < self.num_frozen_layers
-        self.mapping.freeze_w_avg = self.num_frozen_layers > 0
+        self.mapping.freeze_w_avg = False                                          # the release keeps tracking w
         return self
 
     def extra_repr(self) -> str:
@@ -358,6 +359,8 @@ class RungD(RungC):
     def data_resolution(cfg: Config) -> int: return cfg.stem_resolution      # the data the first stage trains on
 
     def make_networks(self) -> tuple[nn.Module, nn.Module]:
+        self.base_cfg = self.cfg                                              # the run's; self.cfg: the stage's
+        self.stage_best, self.stage_best_fid = None, math.inf                 # the stage's best G_ema (by FID)
         cfg = self.cfg.replace(c_dim=self.c_dim)
         stage_schedule(cfg, len(stage_resolutions(cfg)) - 1)                   # every stage can be built: fail now,
         self.policy = StagePolicy.from_config(cfg)                             # not at a stage switch hours later
@@ -370,7 +373,8 @@ class RungD(RungC):
         return self.stage_networks(0, nets)
 
     def stage_networks(self, stage: int, nets=None) -> tuple[nn.Module, nn.Module]:
-        "G (built for `stage`, with the class embedding) and a fresh D for it."
+        "G (built for `stage`, with the class embedding) and a fresh D for it; self.cfg becomes the stage's config."
+        self.cfg = self.stage_config(stage)
         cfg = self.cfg.replace(c_dim=self.c_dim)
         G = progressive_generator(cfg, self.c_dim, stage, self.img_channels)
         if self.c_dim: apply_class_embeddings(G.freeze_stem(False), None, self.class_table.cpu())
@@ -378,8 +382,16 @@ class RungD(RungC):
         D = restart_discriminator(cfg, self.c_dim, self.class_table.cpu() if self.c_dim else None, nets)
         return G, D
 
+    def stage_config(self, stage: int) -> Config:
+        "The run's config with stage `stage`'s batch and batch_gpu (stage_batch; the EMA half-life follows it)."
+        batch, batch_gpu = self.base_cfg.batch_at(stage)
+        return self.base_cfg.replace(batch=batch, batch_gpu=batch_gpu)
+
     @property
     def stage(self) -> int: return self.G.stage
+    def ema_nimg(self) -> int:
+        "Images of this stage: each stage restarts G_ema's ramp-up with its new head, as each released run does."
+        return self.nimg - round(self.policy.stage_start_kimg * 1000)
     def g_reg_active(self) -> bool:
         "Path length on the stem only: off in the super-resolution stages (StyleGAN-XL), see above."
         return super().g_reg_active() and self.stage == 0
@@ -387,11 +399,19 @@ class RungD(RungC):
         return blur_sigma_at(self.kimg - self.policy.stage_start_kimg, self.cfg.blur_sigma, self.cfg.blur_fade_kimg)
 
     def should_grow(self) -> bool: return self.policy.should_grow(self.kimg)
-    def record_fid(self, fid: float): self.policy.record_fid(fid)
+    def record_fid(self, fid: float):
+        "Note a FID of G_ema; keep a copy of G_ema when it is the stage's best (the next stage grows it)."
+        self.policy.record_fid(fid)
+        if self.base_cfg.stage_start == 'best' and fid < self.stage_best_fid:
+            self.stage_best_fid = float(fid)
+            self.stage_best = {k: v.detach().clone() for k, v in self.G_ema.state_dict().items()}
 
     def grow(self) -> int:
-        "Move to the next stage; returns its resolution (the data must be reloaded at it)."
+        "Move to the next stage from the finished stage's best G_ema (else its last); returns the new resolution."
+        if self.stage_best is not None: self.G_ema.load_state_dict(self.stage_best)
+        self.stage_best, self.stage_best_fid = None, math.inf
         self.policy.advance(self.kimg)
+        self.cfg = self.stage_config(self.policy.stage)
         G, G_ema = next_stage(self.G_ema)
         D = restart_discriminator(self.cfg.replace(c_dim=self.c_dim), self.c_dim,
                                   self.class_table.cpu() if self.c_dim else None, self.D.feature_nets)
@@ -401,7 +421,7 @@ class RungD(RungC):
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), 'stage': self.stage, 'policy': self.policy.state_dict(),
-                'class_table': self.class_table}
+                'class_table': self.class_table, 'stage_best': self.stage_best, 'stage_best_fid': self.stage_best_fid}
 
     def load_extra_state(self, state: dict):
         "Rebuild the networks of the checkpoint's stage (weights follow), then the policy and the table."
@@ -413,3 +433,5 @@ class RungD(RungC):
             self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
             self.make_optimizers()
         if 'policy' in state: self.policy.load_state_dict(state['policy'])
+        self.stage_best = state.get('stage_best')
+        self.stage_best_fid = float(state.get('stage_best_fid', math.inf))

@@ -28,18 +28,18 @@ from .stylegan3 import FourierInput, warp_images
 
 # %% auto #0
 __all__ = ['INCEPTION_FILES', 'INCEPTION_SOURCE', 'VGG16_FILES', 'VGG16_SOURCE', 'RFID_SEED', 'WEIGHTS_DOWNLOADS', 'EXTRACTORS',
-           'STANDARD_METRICS', 'METRIC_FEATURES', 'EQ_KINDS', 'CACHE_VERSION', 'EQ_MAX_TRANSLATE', 'EQ_MAX_ROTATE',
-           'trace_sqrt_product', 'frechet_distance', 'FeatureStats', 'inception_score', 'polynomial_kernel',
-           'mmd2_unbiased', 'kernel_inception_distance', 'knn_radii', 'manifold_coverage', 'precision_recall',
-           'weights_dirs', 'find_weights', 'offline', 'download_weights', 'load_inception_state_dict',
-           'load_vgg16_state_dict', 'random_inception_state_dict', 'InceptionFeatures', 'VGG16Features',
-           'make_extractor', 'MetricSpec', 'parse_metric', 'check_generator', 'sample_inputs', 'generated_images',
-           'real_indices', 'real_images', 'cache_folder', 'real_cache_path', 'save_npz', 'load_npz', 'extract_features',
-           'gather_in_order', 'gather_feature_stats', 'real_statistics', 'score', 'content_transform',
-           'transform_images', 'fourier_input_renderer', 'psnr', 'equivariance_error', 'random_transforms',
-           'equivariance_renderer', 'equivariance_metric', 'ToyField', 'check_metrics', 'compute_metrics',
-           'compute_metric', 'load_generator', 'load_dataset', 'format_table', 'default_output', 'metrics_parser',
-           'metrics_main']
+           'STANDARD_METRICS', 'METRIC_FEATURES', 'EQ_KINDS', 'DOMAIN_METRICS', 'DOMAIN_KINDS', 'CACHE_VERSION',
+           'EQ_MAX_TRANSLATE', 'EQ_MAX_ROTATE', 'trace_sqrt_product', 'frechet_distance', 'FeatureStats',
+           'inception_score', 'polynomial_kernel', 'mmd2_unbiased', 'kernel_inception_distance', 'knn_radii',
+           'manifold_coverage', 'precision_recall', 'weights_dirs', 'find_weights', 'offline', 'download_weights',
+           'load_inception_state_dict', 'load_vgg16_state_dict', 'random_inception_state_dict', 'InceptionFeatures',
+           'VGG16Features', 'make_extractor', 'MetricSpec', 'parse_metric', 'check_generator', 'sample_inputs',
+           'generated_images', 'real_indices', 'real_images', 'cache_folder', 'real_cache_path', 'save_npz', 'load_npz',
+           'extract_features', 'gather_in_order', 'gather_feature_stats', 'real_statistics', 'score',
+           'content_transform', 'transform_images', 'fourier_input_renderer', 'psnr', 'equivariance_error',
+           'random_transforms', 'equivariance_renderer', 'equivariance_metric', 'ToyField', 'check_metrics',
+           'compute_metrics', 'compute_metric', 'load_generator', 'load_dataset', 'format_table', 'default_output',
+           'metrics_parser', 'metrics_main']
 
 # %% ../nbs/11_metrics.ipynb #370d304c
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
@@ -339,12 +339,15 @@ METRIC_FEATURES: dict[str, tuple[str, str, str | None]] = {
     'is': ('inception', 'logits', None),
 }
 EQ_KINDS = ('eqt_int', 'eqt_frac', 'eqr')
+DOMAIN_METRICS = ('dfd2k', 'dacc2k', 'ddiv2k', 'dpr2k3')
+# the domain metrics (sgxl.domain): features of a small CNN trained from scratch on the dataset's own labels
+DOMAIN_KINDS = ('dfd', 'dacc', 'ddiv', 'dpr')
 
 @dataclass(frozen=True)
 class MetricSpec:
     "One metric to compute: its name (as asked), kind, number of generated images, all reals?, k of k-NN."
     name: str
-    kind: str          # a key of METRIC_FEATURES, or one of EQ_KINDS
+    kind: str          # a key of METRIC_FEATURES, or one of EQ_KINDS or DOMAIN_KINDS
     num_gen: int       # generated images (EQ: generated pairs)
     full: bool = False # compare with every real image (else with up to num_gen of them)
     k: int = 3         # precision/recall neighbourhood size
@@ -352,16 +355,17 @@ class MetricSpec:
 def parse_metric(name: str, num: int | None = None) -> MetricSpec:
     "Parse 'fid50k', 'fid2k', 'fid50k_full', 'pr50k3', 'pr500_3', 'eqt50k_int', ...; `num` overrides the count."
     bad = (f"unknown metric {name!r}: use one of {', '.join(STANDARD_METRICS)}, or the same with a smaller "
-           f"count (fid2k, kid500, pr500_3)")
-    m = re.fullmatch(r'(sfid|rfid|fid|is|kid|pr|eqt|eqr)(\d+)(k?)(.*)', name)
+           f"count (fid2k, kid500, pr500_3); the domain metrics (no download, labelled data): "
+           f"{', '.join(DOMAIN_METRICS)}")
+    m = re.fullmatch(r'(sfid|rfid|fid|is|kid|pr|eqt|eqr|dfd|dacc|ddiv|dpr)(\d+)(k?)(.*)', name)
     check(m is not None, bad)
     base, count, kilo, rest = m.groups()
     n, k = int(count) * (1000 if kilo else 1), 3
-    if base == 'pr':
+    if base in ('pr', 'dpr'):
         m2 = re.fullmatch(r'_?(\d+)(.*)', rest)
         check(m2 is not None, f"{name!r}: precision/recall names end with the neighbourhood size k: pr50k3, pr500_3")
         k, rest = int(m2[1]), m2[2]
-    allowed = {'eqt': ('_int', '_frac'), 'eqr': ('',), 'is': ('',)}.get(base, ('', '_full'))
+    allowed = {'eqt': ('_int', '_frac'), 'eqr': ('',), 'is': ('',)}.get(base, ('',) if base in DOMAIN_KINDS else ('', '_full'))
     check(rest in allowed, bad)
     kind = f'eqt{rest}' if base == 'eqt' else base
     n = n if num is None else int(num)
@@ -673,6 +677,9 @@ def compute_metrics(names: Sequence[str], G, dataset=None, *, num: int | None = 
         check(dataset is not None, f"{', '.join(s.name for s in feat)} compare with real images: pass dataset=...")
         check(int(dataset.resolution) == int(G.img_resolution), f"the dataset is {dataset.resolution} px but G makes "
               f"{G.img_resolution} px images: use the dataset at the generator's resolution")
+    domain = [s for s in specs if s.kind in DOMAIN_KINDS]
+    check(not domain or dataset is not None, f"{', '.join(s.name for s in domain)} need the labelled dataset whose "
+          f"classifier they use: pass dataset=...")
     nets = {n: make_extractor(n, weights).eval().to(device) for n in sorted({METRIC_FEATURES[s.kind][0] for s in feat})}
     bar = _progress_bar(progress)
     real = real_statistics(feat, dataset, nets, device, batch, workers, cache_dir, bar) if feat and rank == 0 else {}
@@ -686,6 +693,10 @@ def compute_metrics(names: Sequence[str], G, dataset=None, *, num: int | None = 
     for s in specs:
         if s.kind in EQ_KINDS:
             results.update(equivariance_metric(s, G, render, batch, device, truncation_psi, seed, dataset, rank, world))
+    if domain and rank == 0:
+        from sgxl.domain import domain_metrics                        # (sgxl.domain imports this module)
+        results.update(domain_metrics(domain, G, dataset, batch=batch, device=device, truncation_psi=truncation_psi,
+                                      seed=seed, cache_dir=cache_dir))
     if world > 1:                                                        # rank 0's results to every rank
         import torch.distributed as dist
         box = [results]; dist.broadcast_object_list(box, src=0); results = box[0]
@@ -735,6 +746,8 @@ def metrics_parser() -> argparse.ArgumentParser:
         prog='sgxl metrics', description='Evaluate a trained generator: FID, sFID, rFID, IS, KID, precision/recall, '
         'EQ-T/EQ-R. Prints a table and writes JSON.',
         epilog=f"metrics: {', '.join(STANDARD_METRICS)}; smaller counts as fid2k, kid500, pr500_3 (or --num). "
+               f"Domain metrics, which need no download (a small CNN trained on the labelled dataset, cached beside it): "
+               f"{', '.join(DOMAIN_METRICS)} (Fréchet distance, class accuracy, within-class diversity, precision/recall). "
                "Weights: pt_inception-2015-12-05-6726825d.pth and vgg16-397923af.pth are looked up in --weights-dir, "
                "$SGXL_WEIGHTS_DIR, torch hub's checkpoints folder and ~/.cache/sgxl/weights.")
     p.add_argument('--network', required=True, metavar='PATH',

@@ -29,7 +29,7 @@ WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = 'model.safetensors', 'config.json', 'READ
 
 # %% auto #0
 __all__ = ['NETWORK_FORMAT', 'HUB_PREFIX', 'WEIGHTS_FILE', 'CONFIG_FILE', 'CARD_FILE', 'EXPORT_EXAMPLES', 'NetworkSource',
-           'is_export', 'resolve_network', 'parse_hub', 'hub_offline', 'hub_folder', 'read_export',
+           'is_export', 'resolve_network', 'parse_hub', 'hub_offline', 'hub_folder', 'read_weights', 'read_export',
            'read_release_pickle', 'read_network', 'export_checkpoint', 'metric_images', 'network_info', 'model_card',
            'export_network', 'load_network', 'generate', 'network_state', 'class_table_keys', 'transfer_state',
            'init_rung', 'export_parser', 'export_main']
@@ -98,6 +98,14 @@ def hub_folder(name: str) -> Path:
     return folder
 
 # %% ../nbs/16_networks.ipynb #fde3abf5
+def read_weights(folder) -> dict[str, torch.Tensor]:
+    "The tensors of an exported folder; a damaged file is a CheckpointError that says how to fix it."
+    path = Path(folder) / WEIGHTS_FILE
+    try: return load_file(str(path))
+    except Exception as e:                                            # safetensors' own error type: truncated, ...
+        raise CheckpointError(f"{path} cannot be read ({str(e)[:200]}): the file is damaged; export or download "
+                              f"it again") from e
+
 def read_export(folder) -> tuple[nn.Module, dict]:
     "(G_ema, meta) from a folder written by `sgxl export`."
     folder = Path(folder)
@@ -106,7 +114,7 @@ def read_export(folder) -> tuple[nn.Module, dict]:
           f"(format {info.get('format')!r}, expected {NETWORK_FORMAT!r})", CheckpointError)
     cfg = Config.from_dict(info['config'])
     G = build_generator(cfg, cfg.c_dim, int(info.get('stage', 0)))
-    try: G.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    try: G.load_state_dict(read_weights(folder))
     except RuntimeError as e:
         raise CheckpointError(f"{folder / WEIGHTS_FILE} does not fit the architecture in {CONFIG_FILE} ({str(e)[:300]}): "
                               f"export it again with `sgxl export`") from e
@@ -266,7 +274,7 @@ def network_state(source) -> tuple[dict, Config, dict]:
     if src.kind == 'pickle': read_release_pickle(src.path)                 # a clear error, for now
     if src.kind == 'export':
         info = json.loads((src.path / CONFIG_FILE).read_text())
-        sd = load_file(str(src.path / WEIGHTS_FILE))
+        sd = read_weights(src.path)
         return {'G': sd, 'G_ema': sd, 'D': None}, Config.from_dict(info['config']), {**info, 'source': src.name}
     state, meta = load_checkpoint(src.path)
     rung = state.get('rung', {})

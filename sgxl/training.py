@@ -23,13 +23,13 @@ from safetensors.torch import load_file, save_file
 from .core import atomic_write, check, get_device
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'DIST_TIMEOUT_MIN', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'flatten_state',
-           'unflatten_state', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints',
-           'latest_checkpoint', 'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed',
-           'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key', 'check_before_training', 'Trainer',
-           'check_resume_changes', 'MetricError', 'resolve_checkpoint', 'build_generator', 'load_generator',
-           'train_parser', 'parse_set', 'is_demo', 'parse_metrics', 'config_from_args', 'resume_changes_from_args',
-           'train_main']
+__all__ = ['CKPT_FORMAT', 'DIST_TIMEOUT_MIN', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_METRICS', 'DEMO_TARGETS',
+           'flatten_state', 'unflatten_state', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
+           'list_checkpoints', 'latest_checkpoint', 'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog',
+           'init_distributed', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key',
+           'check_before_training', 'Trainer', 'check_resume_changes', 'MetricError', 'resolve_checkpoint',
+           'build_generator', 'load_generator', 'train_parser', 'parse_set', 'is_demo', 'parse_metrics',
+           'config_from_args', 'resume_changes_from_args', 'demo_scores', 'demo_report', 'train_main']
 
 # %% ../nbs/10_training.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -306,7 +306,8 @@ class Trainer:
             cfg = Config.from_dict(self.checked(resume_path, lambda p: json.loads(p.read_text()))['meta']['config'])
             cfg = cfg.replace(**check_resume_changes(resume_changes or {}))      # but for its length, snapshots, ...
         check(cfg is not None, 'give a config, or a run folder / checkpoint to resume')
-        check(cfg.batch % self.world == 0, f"batch={cfg.batch} must be divisible by the {self.world} processes")
+        for b in (cfg.batch, *cfg.stage_batch):
+            check(b % self.world == 0, f"batch={b} must be divisible by the {self.world} processes")
         check_before_training(cfg)                                              # what the snapshots will need
         self.cfg = cfg
         self.log_kimg = log_kimg or min(1.0, cfg.snap_kimg / 4)
@@ -327,10 +328,15 @@ class Trainer:
     @property
     def is_main(self) -> bool: return self.rank == 0
 
+    def batch_now(self) -> tuple[int, int | None]:
+        "(batch, batch_gpu) of the current stage: the rung's stage config once it exists, else stage 0's."
+        if hasattr(self, 'rung'): return self.rung.cfg.batch, self.rung.cfg.batch_gpu
+        return self.cfg.batch_at(0) if self.cfg.progressive else (self.cfg.batch, self.cfg.batch_gpu)
+
     def set_data(self, resolution: int):
         "The dataset at `resolution` (each progressive stage has its own) and a fresh loader over it."
         self.dataset = load(self.cfg.data, resolution=resolution, xflip=self.cfg.mirror)   # --mirror: x-flips too
-        self.loader = infinite_loader(self.dataset, self.cfg.batch // self.world, self.cfg.seed, self.rank,
+        self.loader = infinite_loader(self.dataset, self.batch_now()[0] // self.world, self.cfg.seed, self.rank,
                                       self.world, self.cfg.workers)
         if hasattr(self, 'rung'): self.rung.dataset = self.dataset
 
@@ -465,7 +471,7 @@ def _trainer_run(self, max_steps: int | None = None) -> Path | None:
         while rung.nimg < total and not stop.requested and (max_steps is None or steps_done < max_steps):
             before = rung.nimg
             real, labels = next(self.loader)
-            stats = rung.step(real, labels if cfg.c_dim else None, self.step_index, cfg.batch_gpu)
+            stats = rung.step(real, labels if cfg.c_dim else None, self.step_index, self.batch_now()[1])
             self.step_index += 1; steps_done += 1
             for k, v in stats.items(): window.setdefault(k, []).append(v)
             bar.update(min(rung.nimg, total) - min(before, total))
@@ -487,7 +493,7 @@ def _trainer_log_window(self, window: dict, t0: float, bar) -> dict:
     if not window: return {}
     means = {k: sum(v) / len(v) for k, v in window.items()}
     n = len(next(iter(window.values())))
-    sec_per_kimg = (time.perf_counter() - t0) / max(n * self.cfg.batch / 1000, 1e-9)
+    sec_per_kimg = (time.perf_counter() - t0) / max(n * self.batch_now()[0] / 1000, 1e-9)
     means.update({'timing/sec_per_kimg': sec_per_kimg, 'progress/kimg': self.rung.kimg})
     self.stats.log(self.step_index, self.rung.kimg, means)
     bar.set_postfix({'kimg': f'{self.rung.kimg:.2f}', 's/kimg': f'{sec_per_kimg:.0f}',
@@ -621,7 +627,10 @@ def config_from_args(args) -> Config:
     if resolution is None and not re.fullmatch(r'[A-Za-z]\w*(:.*)?', args.data):
         resolution = load(args.data).resolution                              # the files' own resolution
     if resolution is not None: overrides['resolution'] = resolution
-    return make_config(args.cfg, preset, **{**overrides, **parse_set(args.set)})
+    cfg = make_config(args.cfg, preset, **{**overrides, **parse_set(args.set)})
+    check(args.up is None or cfg.progressive, f"--up {args.up}: rung {cfg.cfg} does not grow; --up sets the growth "
+          f"per stage of the progressive rungs D..F")
+    return cfg
 
 def resume_changes_from_args(args) -> dict:
     "With --resume: the config changes asked for (--kimg, --snap, --metrics, --workers); other options are an error."
@@ -635,10 +644,34 @@ def resume_changes_from_args(args) -> dict:
     if args.metrics is not None: changes['metrics'] = parse_metrics(args.metrics)
     return check_resume_changes({k: v for k, v in changes.items() if v is not None})
 
+DEMO_METRICS = ('dfd500', 'dacc500', 'ddiv500')  # the demo's report: sgxl.domain's metrics (no download), 500 samples
+DEMO_TARGETS = dict(dacc=0.8, dfd_ratio=0.5)      # visibly learnt: >= 80% read as their class, domain FD <= half of step 0's
+
+def demo_scores(trainer) -> dict[str, float]:
+    "The demo's domain metrics of G_ema now, against the current stage's data; the training RNG is left untouched."
+    from sgxl.metrics import compute_metrics
+    with torch.random.fork_rng(devices=[]):
+        return compute_metrics(DEMO_METRICS, trainer.rung.G_ema, trainer.dataset, device=trainer.device,
+                               seed=trainer.cfg.seed)
+
+def demo_report(before: dict[str, float], after: dict[str, float]) -> str:
+    "A table of the demo's metrics at step 0 and at the end, with its targets and whether they were met."
+    fd, acc, div = DEMO_METRICS
+    limit = DEMO_TARGETS['dfd_ratio'] * before[fd]
+    rows = [(f'domain Frechet distance ({fd})', before[fd], after[fd], f'<= {limit:.3g}', after[fd] <= limit),
+            (f'class accuracy ({acc})', before[acc], after[acc], f">= {DEMO_TARGETS['dacc']:.2f}",
+             after[acc] >= DEMO_TARGETS['dacc']),
+            (f'within-class diversity ({div}, data = 1)', before[div], after[div], '', None)]
+    lines = [f"{'demo metric':<42}{'step 0':>10}{'end':>10}  target", '-' * 76]
+    lines += [f"{n:<42}{b:>10.3f}{a:>10.3f}  {t}{'' if ok is None else (' met' if ok else ' NOT met')}"
+              for n, b, a, t, ok in rows]
+    return '\n'.join(lines)
+
 def train_main(argv: list[str] | None = None) -> int:
     "`sgxl train`: see --help."
     argv = list(sys.argv[1:] if argv is None else argv)
     args = train_parser().parse_args(argv)
+    demo = is_demo(args) and not args.resume                             # (config_from_args fills in args.cfg, args.data)
     try:
         cfg = None if args.resume else config_from_args(args)
         changes = resume_changes_from_args(args) if args.resume else None
@@ -650,7 +683,9 @@ def train_main(argv: list[str] | None = None) -> int:
             print(f'sgxl train: rung {trainer.cfg.cfg}, {trainer.cfg.preset} preset, {trainer.dataset.name}, '
                   f'{trainer.cfg.kimg:g} kimg -> {trainer.run_dir}')
             for line in (trainer.init_info or {}).get('report', []): print(f'sgxl train: --init: {line}')
+        before = demo_scores(trainer) if demo and trainer.is_main else None
         run_dir = trainer.run()
+        if before is not None: print(demo_report(before, demo_scores(trainer)))
     except (ValueError, FileNotFoundError, CheckpointError, MetricError) as e:
         print(f'sgxl train: error: {e}', file=sys.stderr)
         return 1

@@ -53,6 +53,12 @@ def test_direction_raises_clip_similarity_on_new_samples(G, clip, direction):
     assert direction.layers == list(ed.style_channels(G)) and m['space'] == 'style'
 
 
+def test_random_clip_is_asked_for_by_name_and_reproducible(clip):
+    again = ed.load_clip(ed.CLIP_SMALLEST, 'random', image_size=64)
+    assert torch.equal(again.encode_texts([PROMPT]), clip.encode_texts([PROMPT]))   # seeded: the same every time
+    assert clip.info['random'] and clip.info['source'] == 'random (seed 0)' and clip.info['image_size'] == 64
+
+
 def test_strength_zero_returns_the_input_exactly(G, direction):
     ws = held_out(G, 3)
     sweep = ed.edit_images(G, ws, direction, [0.0, 1.0])                      # (3 * 2, C, H, W), row-major per latent

@@ -24,9 +24,9 @@ def shapes(module):
 
 
 def stem_keys(G):
-    "state_dict keys of the frozen part: mapping, Fourier input, layers before the head."
-    return {k for k in G.state_dict() if k.startswith(('mapping.', 'synthesis.input.'))
-            or (k.startswith('synthesis.layers.') and int(k.split('.')[2]) < G.head_start)}
+    "state_dict keys of the frozen part: the mapping network's weights, the layers before the head (as released)."
+    return {'mapping.' + n for n, _ in G.mapping.named_parameters()} | {
+        k for k in G.state_dict() if k.startswith('synthesis.layers.') and int(k.split('.')[2]) < G.head_start}
 
 
 def features(G, ws):
@@ -161,8 +161,8 @@ def test_frozen_parts_get_no_gradient_and_do_not_change():
     with torch.no_grad(): G(z, c, update_emas=True)
     grow(G, 32)
     frozen = stem_keys(G)
-    assert {'mapping.w_avg', 'mapping.w_avg_class', 'mapping.embed.table', 'synthesis.layers.0.magnitude_ema',
-            'synthesis.input.weight'} <= frozen
+    assert {'mapping.embed.table', 'synthesis.layers.0.magnitude_ema', 'synthesis.layers.0.weight'} <= frozen
+    assert not {'mapping.w_avg', 'mapping.w_avg_class', 'synthesis.input.weight'} & frozen   # these keep training
     snap = {k: v.clone() for k, v in G.state_dict().items()}
     G.requires_grad_(False); G.requires_grad_(True)                          # a phase-toggling loop
     opt = torch.optim.Adam(G.parameters(), lr=1e-2, betas=(0.0, 0.99))      # even with every parameter
@@ -178,7 +178,8 @@ def test_frozen_parts_get_no_gradient_and_do_not_change():
     assert {f'synthesis.layers.{head}.weight', f'synthesis.layers.{head}.affine.weight',
             f'synthesis.layers.{head}.magnitude_ema', f'synthesis.layers.{len(G.synthesis.layers) - 1}.weight'} <= changed
     ids = {id(p) for p in G.trainable_parameters()}
-    assert ids == {id(p) for m in G.synthesis.layers[head:] for p in m.parameters()}
+    assert ids == {id(p) for m in (G.synthesis.input, *G.synthesis.layers[head:]) for p in m.parameters()}
+    assert {'synthesis.input.weight', 'mapping.w_avg'} <= changed              # the input and w_avg train on
     assert count_parameters(G) > sum(p.numel() for p in G.trainable_parameters()) > 0
 
 
@@ -186,14 +187,14 @@ def test_grow_without_freezing_trains_everything():
     torch.manual_seed(0)
     G = progressive_generator(TINY, c_dim=0, stage=0)
     grow(G, 32, freeze=False)
-    assert G.frozen_modules() == [] and G.num_frozen_layers == 0 and not G.mapping.freeze_w_avg
+    assert G.frozen_modules() == [] and G.num_frozen_layers == 0
     assert len(G.trainable_parameters()) == len(list(G.parameters()))
     before = G.synthesis.layers[0].weight.clone()
     opt = torch.optim.Adam(G.trainable_parameters(), lr=1e-2)
     G(torch.randn(2, G.z_dim)).square().mean().backward(); opt.step()
     assert not torch.equal(G.synthesis.layers[0].weight, before)
     G.freeze_stem(True)                                                       # and freezing can come later
-    assert not G.synthesis.layers[0].weight.requires_grad and G.mapping.freeze_w_avg
+    assert not G.synthesis.layers[0].weight.requires_grad and G.synthesis.input.weight.requires_grad
 
 
 # --- stage k from a config ----------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def test_stage_k_directly_equals_growing_k_times_tiny():
         assert direct.stage == grown.stage == k and direct.num_frozen_layers == grown.num_frozen_layers
         assert ([l.freeze_magnitude_ema for l in direct.synthesis.layers[:-1]]
                 == [l.freeze_magnitude_ema for l in grown.synthesis.layers[:-1]])
-        assert direct.mapping.freeze_w_avg == grown.mapping.freeze_w_avg == (k > 0)
+        assert not direct.mapping.freeze_w_avg and not grown.mapping.freeze_w_avg      # w_avg keeps updating
         # a checkpoint of the grown G loads strictly into the rebuilt one and gives the same images
         direct.load_state_dict(grown.state_dict(), strict=True)
         z, c = torch.randn(2, direct.z_dim), torch.tensor([1, 3])
@@ -302,7 +303,7 @@ def test_restart_discriminator(lite0):
     hook = lite0.backbone.conv_stem.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
     with torch.no_grad():
         for res in (16, 32):
-            assert D1(torch.rand(2, 3, res, res) * 2 - 1, torch.tensor([0, 2])).shape == (2, 148)
+            assert D1(torch.rand(2, 3, res, res) * 2 - 1, torch.tensor([0, 2])).shape == (2, 76)
     hook.remove()
     assert seen == [(2, 3, 64, 64)] * 2
     with pytest.raises(ValueError, match='pass table='):
@@ -400,3 +401,40 @@ def test_stage_policy_fixed_length():
         StagePolicy(num_stages=3, stage=3)
     with pytest.raises(ValueError, match='patience'):
         StagePolicy(num_stages=3, patience=0)
+
+
+# --- stage handover (as the released StyleGAN-XL runs one stage after another) -------------------------------
+
+def test_stage_handover_best_checkpoint_ema_rampup_and_batch():
+    "A new stage grows the finished stage's best G_ema, restarts G_ema's ramp-up, and takes its own batch."
+    from sgxl.baseline import ema_beta
+    from sgxl.data import load
+    from sgxl.growing import RungD
+    data16, data32 = load('shapes:num_images=40', resolution=16), load('shapes:num_images=40', resolution=32)
+    batch = lambda ds, n: (torch.stack([ds[i][0] for i in range(n)]), torch.stack([ds[i][1] for i in range(n)]))
+    cfg = make_config('D', 'tiny', batch=4, stage_batch=(8,), pl_weight=0.0)
+    torch.manual_seed(0)
+    rung = RungD(cfg, 'cpu', c_dim=10, dataset=data16)
+    assert rung.cfg.batch == 8 and rung.base_cfg.batch == 4                     # stage 0 trains with batch 8
+    rung.step(*batch(data16, 8), step_index=0)
+    rung.record_fid(5.0)                                                        # the stage's best so far ...
+    best = {k: v.clone() for k, v in rung.G_ema.state_dict().items()}
+    rung.step(*batch(data16, 8), step_index=1)
+    rung.record_fid(7.0)                                                        # ... and a worse one after it
+    assert not torch.equal(rung.G_ema.synthesis.layers[0].weight, best['synthesis.layers.0.weight'])
+    assert rung.grow() == 32 and rung.cfg.batch == 4 and rung.ema_nimg() == 0
+    assert torch.equal(rung.G.synthesis.layers[0].weight, best['synthesis.layers.0.weight'])   # grown from the best
+    stats = rung.step(*batch(data32, 4), step_index=2)
+    assert stats['ema_beta'] == ema_beta(4, 4, rung.cfg.ema_half_life_kimg, rung.cfg.ema_rampup)   # ramp-up anew
+    assert rung.G.synthesis.input.weight.requires_grad and not rung.G.mapping.freeze_w_avg
+    # a checkpoint of the new stage restores its batch; 'last' grows the last G_ema instead of the best
+    again = RungD(cfg, 'cpu', c_dim=10, dataset=data16)
+    again.load_state_dict(rung.state_dict())
+    assert again.stage == 1 and again.cfg.batch == 4 and again.base_cfg.stage_batch == (8,)
+    torch.manual_seed(0)
+    last = RungD(cfg.replace(stage_start='last'), 'cpu', c_dim=10, dataset=data16)
+    last.step(*batch(data16, 8), step_index=0); last.record_fid(5.0)
+    last.step(*batch(data16, 8), step_index=1); last.record_fid(7.0)
+    w_last = last.G_ema.synthesis.layers[0].weight.clone()
+    last.grow()
+    assert torch.equal(last.G.synthesis.layers[0].weight, w_last)

@@ -104,6 +104,47 @@ def test_next_stage_from_a_lower_resolution_network(stem16, tmp_path, up, resolu
     assert G.stage == 1 and G.img_resolution == resolution and G.num_frozen_layers > 0
     assert any(f'grown to stage 1 ({resolution}px)' in line for line in report)
     src = nw.load_network(stem16)
-    kept = {k: v for k, v in src.state_dict().items() if k.startswith('mapping.') or k.startswith('synthesis.input')}
+    # the frozen mapping weights stay the source's (the Fourier input and w_avg train on, as released)
+    kept = {k: v for k, v in src.state_dict().items() if k.startswith('mapping.') and 'w_avg' not in k}
     mine = G.state_dict()
     assert kept and all(torch.equal(mine[k], v) for k, v in kept.items())             # the frozen stem: the source's
+
+
+def test_init_from_the_hub_cache(source_a, tmp_path, monkeypatch):
+    "--init hf://USER/REPO reads the same resolver as --network: an export in a (test-made) hub cache, offline."
+    exported = nw.export_network(source_a, tmp_path / 'exp')
+    commit = 'fedcba9876543210fedcba9876543210fedcba98'
+    root = tmp_path / 'hub' / 'models--someone--sgxl-a'
+    (root / 'refs').mkdir(parents=True)
+    (root / 'refs' / 'main').write_text(commit)
+    import shutil
+    shutil.copytree(exported, root / 'snapshots' / commit)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hub'))
+    cfg = make_config('A', 'tiny', data='shapes:num_images=40', batch=4)
+    tr = Trainer(cfg, outdir=tmp_path / 'r', progress=False, init='hf://someone/sgxl-a')
+    G_ema = nw.load_network(exported)
+    assert all(torch.equal(a, b) for a, b in zip(tr.rung.G_ema.state_dict().values(), G_ema.state_dict().values()))
+    assert tr.init_info['source'] == 'hf://someone/sgxl-a'
+
+
+def test_finetune_a_progressive_network_at_its_own_stage_on_new_classes(stem16, tmp_path):
+    "Same resolution as the source: no growing; another class count: G's and D's class tables start fresh."
+    data = write_labelled(tmp_path / 'three')
+    cfg = make_config('D', 'tiny', data=str(data), resolution=16, batch=4)
+    tr = Trainer(cfg, outdir=tmp_path / 'r', progress=False, init=str(stem16))
+    report = ' | '.join(tr.init_info['report'])
+    assert tr.rung.G.stage == 0 and tr.rung.resolution == 16 and 'grown' not in report
+    assert '10 -> 3 classes: re-initialised the class tables' in report and 'D from' in report
+    src = load_checkpoint(latest_checkpoint(stem16))[0]['rung']
+    mine = tr.rung.G_ema.state_dict()
+    fresh = set(nw.class_table_keys(mine, src['G_ema'], 3, 10))
+    assert 'mapping.embed.table' in fresh
+    assert all(torch.equal(v, src['G_ema'][k]) for k, v in mine.items() if k not in fresh)
+
+
+def test_up_is_for_progressive_rungs(capsys):
+    assert train_main(['--cfg', 'B', '--preset', 'tiny', '--up', '4', '--dry-run']) == 1
+    assert '--up 4: rung B does not grow' in capsys.readouterr().err
+    assert train_main(['--cfg', 'D', '--preset', 'tiny', '--up', '4', '--resolution', '64', '--dry-run']) == 0
+    assert '"grow_up": 4' in capsys.readouterr().out

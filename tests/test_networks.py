@@ -95,6 +95,12 @@ def test_bad_exports(run, exported, tmp_path, capsys):
     (broken / 'config.json').write_text(json.dumps(info))
     with pytest.raises(RuntimeError, match='does not fit the architecture'):
         sgxl.load_network(broken)
+    damaged = tmp_path / 'damaged'
+    shutil.copytree(exported, damaged)
+    weights = damaged / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:1000])                                  # a truncated download
+    assert ex.generate_main(['--network', str(damaged), '--outdir', str(tmp_path / 'o')]) == 1
+    assert 'the file is damaged; export or download it again' in capsys.readouterr().err
     (tmp_path / 'release.pkl').write_bytes(b'not read')
     with pytest.raises(ValueError, match=r'release pickles \(.pkl\) cannot be loaded as a generator by this sgxl yet'):
         sgxl.load_network(tmp_path / 'release.pkl')

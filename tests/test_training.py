@@ -180,3 +180,22 @@ def test_mirror_adds_x_flipped_reals(tmp_path, capsys):
     assert len(t.dataset) == 80 and torch.equal(t.dataset[40 + 3][0], t.dataset[3][0].flip(-1))
     assert train_main(['--resume', str(tmp_path), '--mirror', '--quiet']) == 1   # a resumed run keeps its data
     assert '--mirror cannot be given' in capsys.readouterr().err
+
+
+def test_batch_per_stage_and_resume_into_a_stage_with_its_own_batch(tmp_path):
+    "stage_batch=(8,): the 16x16 stage trains with batch 8, the 32x32 one with batch 4; a resume takes each stage's."
+    cfg = make_config('D', 'tiny', data='shapes:num_images=40', batch=4, stage_batch=(8,), kimg=0.032,
+                      snap_kimg=0.008, stage_kimg=0.016)
+    t = Trainer(cfg, outdir=tmp_path, progress=False)
+    assert t.loader.batch == 8 and t.batch_now() == (8, None)
+    t.run(max_steps=2)                                                      # 16 images: the stem's stage ends
+    assert t.rung.stage == 1 and t.loader.batch == 4 and t.rung.nimg == 16
+    first, grown = list_checkpoints(t.run_dir)[:2]                          # step 1 (stage 0), step 2 (grown)
+    r = Trainer(None, resume=first, progress=False)                         # resume inside stage 0 ...
+    assert r.rung.stage == 0 and r.loader.batch == 8
+    r.run(max_steps=1)                                                      # ... and continue into stage 1
+    assert r.rung.stage == 1 and r.loader.batch == 4 and r.rung.nimg == 16
+    r2 = Trainer(None, resume=grown, progress=False)                        # resume in stage 1: its own batch
+    assert r2.rung.stage == 1 and r2.loader.batch == 4 and r2.rung.cfg.batch == 4
+    r2.run(max_steps=1)
+    assert r2.rung.nimg == 20 and json.loads((t.run_dir / 'config.json').read_text())['stage_batch'] == [8]
