@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'invert': ('sgxl.inversion:invert_main', 'invert an image into a trained network (projection + PTI), report PSNR'),
     'edit': ('sgxl.editing:edit_main', 'edit samples or an inversion by a text prompt (StyleMC: a CLIP-guided style direction)'),
     'ablate': ('sgxl.ablation:ablate_main', 'train rungs A..F side by side with the same budget and tabulate their metrics'),
+    'convert': ('sgxl.pretrained:convert_main', 'convert an official StyleGAN3-T / StyleGAN-XL .pkl into an sgxl network (no code run)'),
     'export': ('sgxl.networks:export_main', "write a run's G_ema as safetensors + config.json + a model card (hub-ready)"),
 }
 

@@ -92,7 +92,7 @@ class Config:
     r1_interval: int = 16               # lazy R1: every 16 D steps
     d_lazy_scaling: bool = True         # D's lr, betas scaled by k/(k+1), k = r1_interval, even without R1 (the releases do)
     adv_loss_sum: bool = True           # hinge loss summed over the pass's samples and feature nets (release); False: mean
-    style_mixing: float = 0.9           # style-mixing probability (StyleGAN2 default); rung B+: 0
+    style_mixing: float = 0.0           # style-mixing probability; StyleGAN3-T is trained without (0.9 is StyleGAN2's)
     pl_weight: float = 0.0              # path-length weight; rung B+: 2; vs the summed hinge loss: 2 : batch_gpu * nets
     pl_interval: int = 4                # lazy path length: every 4 G steps
     pl_start_kimg: float = 0.0          # path length only after this many kimg; paper 200 (reference code 1000)
@@ -222,15 +222,16 @@ DEIT_BASE = 'deit_base_distilled_patch16_224'
 RUNG_DIFFS: dict[str, dict[str, Any]] = {
     # A: StyleGAN3-T, ResNet D, non-saturating logistic loss, lazy R1 (the dataclass defaults).
     'A': {},
-    # B: Projected GAN D on frozen lite0 features, hinge loss, low-dim z, blur, no R1 / style mixing,
+    # B: Projected GAN D on frozen lite0 features, hinge loss, low-dim z, blur, no R1,
     #    path length switched on late, magnitude EMA frozen.
     'B': dict(d_arch='projected', feature_nets=(LITE0,), loss='hinge', diffaug='color,translation,cutout',
-              z_dim=64, r1_gamma=0.0, style_mixing=0.0, blur_sigma=2.0, blur_fade_kimg=200.0,
+              z_dim=64, r1_gamma=0.0, blur_sigma=2.0, blur_fade_kimg=200.0,
               pl_weight=2.0, pl_interval=4, pl_start_kimg=200.0, freeze_magnitude_ema=True),
     # C: pretrained class embeddings (lite0's 320-channel block, pooled per class) into G and D.
     'C': dict(pretrained_embeddings=True, embed_dim=320, embed_proj_dim=64),
-    # D: progressive growing from a 16x16 stem.
-    'D': dict(progressive=True, stem_resolution=16, stem_layers=10, head_layers=7, stage_batch=(2048, 2048)),
+    # D: progressive growing from a 16x16 stem; the XL generator doubles StyleGAN3's channel_base / channel_max.
+    'D': dict(progressive=True, stem_resolution=16, stem_layers=10, head_layers=7, stage_batch=(2048, 2048),
+              channel_base=65536, channel_max=1024),
     # E: a second feature network: DeiT-base beside lite0 (8 discriminators).
     'E': dict(feature_nets=(LITE0, DEIT_BASE)),
     # F: classifier guidance on G's output at 32x32 and above.

@@ -41,9 +41,10 @@ def continue_schedule(kept: Sequence[LayerSpec], resolution: int, num_layers: in
                       last_stopband_rel: float = 2 ** 0.3, img_channels: int = 3) -> list[LayerSpec]:
     """The head that continues `kept` (from `cut_critical`) to `resolution`: num_layers synthesis layers + ToRGB.
 
-    Cutoff and minimum stopband climb geometrically from the last kept point to resolution/2 and
-    last_stopband_rel * resolution/2, reached at the first of the `num_critical` critically sampled layers;
-    sampling rates, transition bands, sizes and channels follow StyleGAN3's rules at `resolution`."""
+    The first head layer keeps the last kept point's cutoff f_c and its stopband f_c + f_h; from there cutoff
+    and stopband climb geometrically to resolution/2 and last_stopband_rel * resolution/2, reached after the
+    head's num_layers - num_critical non-critical layers (StyleGAN-XL's release); sampling rates, transition
+    bands, sizes and channels follow StyleGAN3's rules at `resolution`."""
     check(len(kept) >= 1, "continue_schedule needs the kept points (cut_critical(schedule)), got none")
     start = kept[-1]
     check(start.name != 'ToRGB' and not start.critical and start.size == start.sampling_rate + 2 * margin,
@@ -56,17 +57,18 @@ def continue_schedule(kept: Sequence[LayerSpec], resolution: int, num_layers: in
           f"num_layers={num_layers}, num_critical={num_critical}: a head needs num_layers >= num_critical >= 1")
     last_cutoff = resolution / 2                                   # $f_{c,N} = R'/2$
     last_stopband = last_cutoff * last_stopband_rel                # $f_{t,N} = 2^{0.3} f_{c,N}$
-    steps = num_layers - num_critical + 1                          # from point p to the first critical layer
+    steps = num_layers - num_critical                              # non-critical head layers: the climb
+    first_stopband = start.cutoff + start.half_width               # $f_{t,0} = f_c[p] + f_h[p]$
     specs = []
-    for j in range(1, num_layers + 2):                             # j = num_layers + 1 is ToRGB
-        e = min(j / steps, 1.0)
-        # $f_c[p+j] = f_c[p] (f_{c,N}/f_c[p])^{e_j}$,  $f_t[p+j] = f_t[p] (f_{t,N}/f_t[p])^{e_j}$
+    for j in range(num_layers + 1):                                # j = 0: first head layer, j = num_layers: ToRGB
+        e = min(j / steps, 1.0) if steps else 1.0
+        # $f_c = f_c[p] (f_{c,N}/f_c[p])^{e_j}$,  $f_t = f_{t,0} (f_{t,N}/f_{t,0})^{e_j}$
         fc = last_cutoff if e == 1 else start.cutoff * (last_cutoff / start.cutoff) ** e
-        ft = last_stopband if e == 1 else start.stopband * (last_stopband / start.stopband) ** e
+        ft = last_stopband if e == 1 else first_stopband * (last_stopband / first_stopband) ** e
         s = 2 ** math.ceil(math.log2(min(2 * ft, resolution)) - 1e-9)   # $s = 2^{\lceil\log_2\min(2f_t, R')\rceil}$
         fh = max(ft, s / 2) - fc                                   # $f_h = \max(f_t, s/2) - f_c$
-        i, rgb = start.index + j, j == num_layers + 1
-        size = resolution if j >= num_layers else s + 2 * margin   # the last layer and ToRGB: no margin
+        i, rgb = start.index + 1 + j, j == num_layers
+        size = resolution if j >= num_layers - 1 else s + 2 * margin   # the last layer and ToRGB: no margin
         ch = img_channels if rgb else min(round(channel_base / (2 * fc)), channel_max)
         specs.append(LayerSpec(i, 'ToRGB' if rgb else f'L{i}', fc, ft, int(s), fh, int(size), int(ch),
                                bool(fc >= s / 2)))
@@ -211,7 +213,7 @@ class ProgressiveGenerator(Generator):
         for m in self.frozen_modules(): nn.Module.requires_grad_(m, False)        # ... and freeze what is now
         ema_frozen = self.synthesis.layer_kwargs['freeze_magnitude_ema']           # the config's choice (rung B+)
         for i, layer in enumerate(self.synthesis.layers):
-            if isinstance(layer, SynthesisLayer): layer.freeze_magnitude_ema = ema_frozen or i < self.num_frozen_layers
+            if isinstance(layer, (SynthesisLayer, ToRGB)): layer.freeze_magnitude_ema = ema_frozen or i < self.num_frozen_layers
         self.mapping.freeze_w_avg = False                                          # the release keeps tracking w
         return self
 
@@ -231,7 +233,7 @@ def _head_modules(G: Generator, points: Sequence[LayerSpec]) -> nn.ModuleList:
     io = layer_io(list(points))[1:]                                # (input point, output point) per new layer
     with torch.device(ref.weight.device):
         layers = [SynthesisLayer(G.w_dim, a, b, **syn.layer_kwargs) for a, b in io[:-1]]
-        layers.append(ToRGB(G.w_dim, *io[-1], conv_clamp=syn.layer_kwargs['conv_clamp']))
+        layers.append(ToRGB(G.w_dim, *io[-1], **syn.torgb_kwargs))
     head = nn.ModuleList(layers).to(ref.weight.dtype).train(G.training)
     return set_ops_impl(head, ref.impl)
 

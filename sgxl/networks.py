@@ -37,7 +37,7 @@ __all__ = ['NETWORK_FORMAT', 'HUB_PREFIX', 'WEIGHTS_FILE', 'CONFIG_FILE', 'CARD_
 # %% ../nbs/16_networks.ipynb #eb44bc57
 @dataclass
 class NetworkSource:
-    "Where a network comes from. kind: 'checkpoint' (of a training run), 'export' (`sgxl export`) or 'pickle' (a release)."
+    "Where a network comes from. kind: 'checkpoint' (of a training run), 'export' (`sgxl export`) or 'pickle' (a release .pkl, or its `sgxl convert` folder)."
     kind: str
     path: Path              # the checkpoint's .json, the exported folder, or the .pkl
     name: str               # as the user wrote it
@@ -57,6 +57,8 @@ def resolve_network(source) -> NetworkSource:
     if p.suffix == '.pkl':
         check(p.is_file(), f"no release pickle at {name!r}", FileNotFoundError)
         return NetworkSource('pickle', p, name)
+    from sgxl.pretrained import network_json
+    if network_json(p) is not None: return NetworkSource('pickle', p, name)          # made by `sgxl convert`
     if p.is_dir() and is_export(p): return NetworkSource('export', p, name)
     if not p.exists() and p.with_name(p.name + '.json').exists(): p = p.with_name(p.name + '.json')   # ckpt-000100
     check(p.exists(), f"no network at {name!r}: give a run folder (its best or latest checkpoint), a checkpoint "
@@ -121,10 +123,9 @@ def read_export(folder) -> tuple[nn.Module, dict]:
     return G, info
 
 def read_release_pickle(path) -> tuple[nn.Module, dict]:
-    "A release .pkl of StyleGAN-XL, through sgxl.pretrained when this sgxl has it."
-    raise ValueError(f"{path}: release pickles (.pkl) cannot be loaded as a generator by this sgxl yet "
-                     f"(sgxl.pretrained reads their records safely, but converting them to sgxl's generator is not "
-                     f"part of this version); give a run, a checkpoint, an exported folder or hf://USER/REPO")
+    "A release .pkl of StyleGAN3-T / StyleGAN-XL (converted once, cached) or its `sgxl convert` folder: sgxl.pretrained."
+    from sgxl.pretrained import load_network_file
+    return load_network_file(path)
 
 def read_network(source, device: str | torch.device | None = 'cpu', which: str = 'G_ema') -> tuple[nn.Module, dict]:
     "(G, meta) from any network source (see `resolve_network`); `which` = 'G' only for training checkpoints."

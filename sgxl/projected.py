@@ -249,7 +249,7 @@ def spectral_sigmas(module: nn.Module, power_iterations: int = 0) -> dict[str, f
 
 # %% ../nbs/05_config_b.ipynb #901405db
 class RungB(RungA):
-    "Rung A with the Projected GAN discriminator, hinge loss, blur, no R1 / style mixing, late path length."
+    "Rung A with the Projected GAN discriminator, hinge loss, blur, no R1, late path length."
     pl_decay = 0.01                                                       # running mean of path lengths (StyleGAN2)
 
     def make_D(self) -> nn.Module: return projected_discriminator(self.cfg, self.c_dim)

@@ -21,9 +21,9 @@ from .ops import bias_act, filtered_lrelu
 __all__ = ['LayerSpec', 'filter_schedule', 'schedule_from_config', 'layer_io', 'schedule_table', 'plot_schedule',
            'kaiser_attenuation', 'kaiser_beta', 'lowpass_filter', 'FullyConnected', 'normalize_2nd_moment',
            'labels_to_onehot', 'LabelEmbedding', 'MappingNetwork', 'translation_matrix', 'rotation_matrix',
-           'sample_grid', 'FourierInput', 'modulated_conv2d', 'alias_free_padding', 'SynthesisLayer', 'ToRGB',
-           'SynthesisNetwork', 'Generator', 'commit_pending', 'set_ops_impl', 'count_parameters',
-           'interpolation_kernel', 'warp_images', 'equivariance_psnr', 'eq_t', 'eq_r']
+           'sample_grid', 'FourierInput', 'modulated_conv2d', 'alias_free_padding', 'MagnitudeTracked',
+           'SynthesisLayer', 'ToRGB', 'SynthesisNetwork', 'Generator', 'commit_pending', 'set_ops_impl',
+           'count_parameters', 'interpolation_kernel', 'warp_images', 'equivariance_psnr', 'eq_t', 'eq_r']
 
 # %% ../nbs/02_stylegan3.ipynb #8d310a32
 @dataclass(frozen=True)
@@ -182,12 +182,13 @@ def labels_to_onehot(c, c_dim: int, device=None, dtype=torch.float32) -> torch.T
     return c.to(device=device or c.device, dtype=dtype)
 
 class LabelEmbedding(nn.Module):
-    "Labels -> embeddings (N, embed_dim) through a table [c_dim, embed_dim]; the swappable conditioning input."
+    "Labels -> embeddings (N, embed_dim) through a table [rows >= c_dim, embed_dim]; the swappable conditioning input."
     def __init__(self, c_dim: int, embed_dim: int, table: torch.Tensor | None = None, trainable: bool = True):
         super().__init__()
         self.c_dim, self.embed_dim = c_dim, embed_dim
         table = torch.randn(c_dim, embed_dim) if table is None else table.detach().float().clone()
-        check(tuple(table.shape) == (c_dim, embed_dim), f"table of shape {tuple(table.shape)}: want ({c_dim}, {embed_dim})")
+        check(table.ndim == 2 and table.shape[0] >= c_dim and table.shape[1] == embed_dim,
+              f"table of shape {tuple(table.shape)}: want (rows >= {c_dim}, {embed_dim})")
         self.table = nn.Parameter(table, requires_grad=trainable)
 
     @classmethod
@@ -197,18 +198,19 @@ class LabelEmbedding(nn.Module):
 
     def forward(self, c) -> torch.Tensor:                       # (N,) or (N, c_dim) -> (N, embed_dim)
         onehot = labels_to_onehot(c, self.c_dim, self.table.device, self.table.dtype)
-        return onehot @ self.table                              # a row lookup (a weighted mix for soft labels)
+        return onehot @ self.table[:self.c_dim]                 # a row lookup (a weighted mix for soft labels)
 
 # %% ../nbs/02_stylegan3.ipynb #13d82495
 class MappingNetwork(nn.Module):
     "z (N, z_dim) [+ labels] -> ws (N, num_ws, w_dim), with tracked global / per-class means of w for truncation."
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, num_layers: int = 2, lr_mult: float = 0.01,
-                 embed_dim: int = 512, embed_proj_dim: int = 512, w_avg_beta: float = 0.998):
+                 embed_dim: int = 512, embed_proj_dim: int = 512, w_avg_beta: float = 0.998,
+                 embed_activation: str = 'lrelu'):
         super().__init__()
         check(z_dim > 0 or c_dim > 0, "the mapping network needs z_dim > 0 or c_dim > 0")
         self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.w_avg_beta = z_dim, c_dim, w_dim, num_ws, w_avg_beta
         self.embed = LabelEmbedding(c_dim, embed_dim) if c_dim else None
-        self.embed_proj = FullyConnected(embed_dim, embed_proj_dim) if c_dim else None
+        self.embed_proj = FullyConnected(embed_dim, embed_proj_dim, embed_activation) if c_dim else None
         dims = [z_dim + (embed_proj_dim if c_dim else 0)] + [w_dim] * num_layers
         self.fcs = nn.ModuleList([FullyConnected(a, b, 'lrelu', lr_mult) for a, b in zip(dims, dims[1:])])
         self.register_buffer('w_avg', torch.zeros(w_dim))                 # global mean of w
@@ -231,6 +233,7 @@ class MappingNetwork(nn.Module):
         check(z.ndim == 2 and z.shape[1] == self.z_dim, f"z of shape {tuple(z.shape)}: want (N, {self.z_dim})")
         x = normalize_2nd_moment(z.to(self.fcs[0].weight.dtype))          # (N, z_dim)
         if self.c_dim:
+            # $y = \mathrm{norm}(\mathrm{lrelu}(P\,e(c)))$, then $[\mathrm{norm}(z), y]$ enters the first FC
             y = normalize_2nd_moment(self.embed_proj(self.embed(c).to(x.dtype)))  # (N, embed_proj_dim)
             x = torch.cat([x, y], dim=1)
         for fc in self.fcs: x = fc(x)
@@ -319,13 +322,14 @@ class FourierInput(nn.Module):
         self.weight = nn.Parameter(torch.randn(channels, channels))
 
     def coordinate_map(self, w: torch.Tensor) -> torch.Tensor:
-        "(N, 3, 3): output coordinates -> input coordinates, the w-driven rotation/translation after T^{-1}."
+        "(N, 3, 3): output coordinates -> input coordinates, x_in = R (T^-1 x - t) with R and t from w."
         t = self.affine(w.to(self.affine.weight.dtype))                    # (N, 4): (cos, sin, t_x, t_y)
         t = t / t[:, :2].norm(dim=1, keepdim=True).clamp(min=1e-8)         # a pure rotation
         cos, sin, tx, ty = t.unbind(1)
         zero, one = torch.zeros_like(cos), torch.ones_like(cos)
-        m_w = torch.stack([cos, -sin, tx, sin, cos, ty, zero, zero, one], 1).reshape(-1, 3, 3)
-        return m_w @ torch.linalg.inv(self.transform.to(m_w))               # x_in = M_w T^{-1} x (T: (3,3) or (N,3,3))
+        rot = torch.stack([cos, -sin, zero, sin, cos, zero, zero, zero, one], 1).reshape(-1, 3, 3)
+        shift = torch.stack([one, zero, -tx, zero, one, -ty, zero, zero, one], 1).reshape(-1, 3, 3)
+        return rot @ shift @ torch.linalg.inv(self.transform.to(rot))      # $R\,(x - t)$ after $T^{-1}$ (T: (3,3) or (N,3,3))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         m = self.coordinate_map(w)                                          # (N, 3, 3)
@@ -366,18 +370,45 @@ def alias_free_padding(n: int, out_size: int, up: int, down: int, taps_up: int, 
     p0 = twice_p0 // 2
     return p0, m - n * up - p0 + taps_up - 1
 
-class SynthesisLayer(nn.Module):
+class MagnitudeTracked(nn.Module):
+    "A layer that divides its input by the RMS tracked in `magnitude_ema` (SynthesisLayer and ToRGB)."
+    def init_magnitude(self, beta: float, frozen: bool):
+        self.magnitude_ema_beta, self.freeze_magnitude_ema = beta, frozen
+        self.register_buffer('magnitude_ema', torch.ones([]))            # EMA of mean(x^2) of the input
+
+    def track_magnitude(self, x: torch.Tensor, update_emas: bool | str = False) -> torch.Tensor:
+        "Update the EMA (when training and not frozen); return the input gain $1/\\sigma$ in x's dtype."
+        if update_emas and not self.freeze_magnitude_ema:            # $\sigma^2 \leftarrow \beta\sigma^2 + (1-\beta)\,\mathrm{mean}(x^2)$
+            sq = x.detach().float().square()
+            if update_emas == 'defer': self.defer_magnitude(sq)
+            else: self.magnitude_ema.copy_(sq.mean().lerp(self.magnitude_ema, self.magnitude_ema_beta))
+        return self.magnitude_ema.rsqrt().to(x.dtype)
+
+    @torch.no_grad()
+    def defer_magnitude(self, sq: torch.Tensor):
+        "Add sum(x^2) and the count to the pending update (applied by `commit_pending`)."
+        sums = [sq.sum(), sq.new_tensor(float(sq.numel()))]
+        self._pending = sums if getattr(self, '_pending', None) is None else [a + b for a, b in zip(self._pending, sums)]
+
+    @torch.no_grad()
+    def commit_pending(self, reduce=None):
+        "Apply the deferred magnitude update with the mean over all summed batches (and processes, via `reduce`)."
+        if getattr(self, '_pending', None) is None: return
+        sums, self._pending = self._pending, None
+        if reduce is not None: sums = reduce(sums)
+        self.magnitude_ema.copy_((sums[0] / sums[1]).lerp(self.magnitude_ema, self.magnitude_ema_beta))
+
+class SynthesisLayer(MagnitudeTracked):
     "Modulated conv + alias-free filtered leaky ReLU: (N, C_in, size_in^2) -> (N, C_out, size_out^2)."
     def __init__(self, w_dim: int, in_spec: LayerSpec, out_spec: LayerSpec, kernel_size: int = 3,
                  filter_size: int = 6, lrelu_upsampling: int = 2, conv_clamp: float | None = 256.0,
                  magnitude_ema_beta: float = 0.999, freeze_magnitude_ema: bool = False, lowpass: bool = True):
         super().__init__()
         self.in_spec, self.out_spec, self.kernel_size, self.conv_clamp = in_spec, out_spec, kernel_size, conv_clamp
-        self.magnitude_ema_beta, self.freeze_magnitude_ema = magnitude_ema_beta, freeze_magnitude_ema
         self.affine = FullyConnected(w_dim, in_spec.channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_spec.channels, in_spec.channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_spec.channels))
-        self.register_buffer('magnitude_ema', torch.ones([]))            # EMA of mean(x^2) of the input
+        self.init_magnitude(magnitude_ema_beta, freeze_magnitude_ema)
         self.tmp_rate = max(in_spec.sampling_rate, out_spec.sampling_rate) * lrelu_upsampling   # $s_{tmp}$
         self.up = self.tmp_rate // in_spec.sampling_rate
         self.down = self.tmp_rate // out_spec.sampling_rate
@@ -400,51 +431,39 @@ class SynthesisLayer(nn.Module):
         check(x.shape[1:] == (self.in_spec.channels, self.in_spec.size, self.in_spec.size),
               f"{self.out_spec.name}: input {tuple(x.shape)}, want (N, {self.in_spec.channels}, "
               f"{self.in_spec.size}, {self.in_spec.size})")
-        if update_emas and not self.freeze_magnitude_ema:            # $\sigma^2 \leftarrow \beta\sigma^2 + (1-\beta)\,\mathrm{mean}(x^2)$
-            sq = x.detach().float().square()
-            if update_emas == 'defer': self.defer_magnitude(sq)
-            else: self.magnitude_ema.copy_(sq.mean().lerp(self.magnitude_ema, self.magnitude_ema_beta))
+        gain = self.track_magnitude(x, update_emas)                          # $1/\sigma$
         styles = self.affine(w)                                              # (N, C_in)
-        x = modulated_conv2d(x, self.weight, styles, input_gain=self.magnitude_ema.rsqrt().to(x.dtype))
+        x = modulated_conv2d(x, self.weight, styles, padding=self.kernel_size - 1,   # full: (N, C_out, n+k-1, n+k-1)
+                             input_gain=gain)
         p0, p1 = alias_free_padding(x.shape[-1], self.out_spec.size, self.up, self.down,
                                     len(self.up_filter), len(self.down_filter))
         return filtered_lrelu(x, self.up_filter.to(x.dtype), self.down_filter.to(x.dtype), self.bias.to(x.dtype),
                               up=self.up, down=self.down, padding=(p0, p1, p0, p1), gain=math.sqrt(2),
                               slope=0.2, clamp=self.conv_clamp, impl=self.impl)   # (N, C_out, size_out, size_out)
 
-    @torch.no_grad()
-    def defer_magnitude(self, sq: torch.Tensor):
-        "Add sum(x^2) and the count to the pending update (applied by `commit_pending`)."
-        sums = [sq.sum(), sq.new_tensor(float(sq.numel()))]
-        self._pending = sums if getattr(self, '_pending', None) is None else [a + b for a, b in zip(self._pending, sums)]
-
-    @torch.no_grad()
-    def commit_pending(self, reduce=None):
-        "Apply the deferred magnitude update with the mean over all summed batches (and processes, via `reduce`)."
-        if getattr(self, '_pending', None) is None: return
-        sums, self._pending = self._pending, None
-        if reduce is not None: sums = reduce(sums)
-        self.magnitude_ema.copy_((sums[0] / sums[1]).lerp(self.magnitude_ema, self.magnitude_ema_beta))
-
     def extra_repr(self):
         i, o = self.in_spec, self.out_spec
         return (f'{o.name}: {i.channels}x{i.size}^2 @ {i.sampling_rate} -> {o.channels}x{o.size}^2 @ {o.sampling_rate}, '
                 f'up {self.up}, down {self.down}, lowpass={self.lowpass}')
 
-class ToRGB(nn.Module):
-    "Modulated 1x1 conv without demodulation, bias, clamp: features -> image channels (crops any margin left)."
-    def __init__(self, w_dim: int, in_spec: LayerSpec, out_spec: LayerSpec, conv_clamp: float | None = 256.0):
+class ToRGB(MagnitudeTracked):
+    """Modulated 1x1 conv without demodulation, bias, clamp: features -> image channels (crops any margin left).
+    Its input is divided by the tracked RMS like every synthesis layer's (StyleGAN3 does the same)."""
+    def __init__(self, w_dim: int, in_spec: LayerSpec, out_spec: LayerSpec, conv_clamp: float | None = 256.0,
+                 magnitude_ema_beta: float = 0.999, freeze_magnitude_ema: bool = False):
         super().__init__()
         self.in_spec, self.out_spec, self.conv_clamp = in_spec, out_spec, conv_clamp
         self.affine = FullyConnected(w_dim, in_spec.channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_spec.channels, in_spec.channels, 1, 1))
         self.bias = nn.Parameter(torch.zeros(out_spec.channels))
         self.weight_gain = 1 / math.sqrt(in_spec.channels)                   # equalised lr for the 1x1 conv
+        self.init_magnitude(magnitude_ema_beta, freeze_magnitude_ema)
         self.impl = 'auto'
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, update_emas: bool | str = False) -> torch.Tensor:
+        gain = self.track_magnitude(x, update_emas)                          # $1/\sigma$
         styles = self.affine(w) * self.weight_gain                           # (N, C_in)
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False)      # (N, 3, S, S)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, input_gain=gain)   # (N, 3, S, S)
         crop = (x.shape[-1] - self.out_spec.size) // 2
         if crop: x = x[..., crop:crop + self.out_spec.size, crop:crop + self.out_spec.size]
         return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp, impl=self.impl)
@@ -465,7 +484,12 @@ class SynthesisNetwork(nn.Module):
         self.input = FourierInput(w_dim, first.channels, first.size, first.sampling_rate, first.cutoff)
         io = layer_io(self.schedule)
         self.layers = nn.ModuleList([SynthesisLayer(w_dim, a, b, **self.layer_kwargs) for a, b in io[:-1]]
-                                    + [ToRGB(w_dim, *io[-1], conv_clamp=conv_clamp)])
+                                    + [ToRGB(w_dim, *io[-1], **self.torgb_kwargs)])
+
+    @property
+    def torgb_kwargs(self) -> dict:
+        "The keyword arguments ToRGB shares with the synthesis layers (clamp, magnitude EMA)."
+        return {k: self.layer_kwargs[k] for k in ('conv_clamp', 'magnitude_ema_beta', 'freeze_magnitude_ema')}
 
     @property
     def num_ws(self) -> int: return len(self.layers) + 1
@@ -501,7 +525,7 @@ class Generator(nn.Module):
                  lrelu_upsampling: int = 2, conv_clamp: float | None = 256.0, magnitude_ema_beta: float = 0.999,
                  freeze_magnitude_ema: bool = False, output_scale: float = 0.25, mapping_layers: int = 2,
                  mapping_lr_mult: float = 0.01, embed_dim: int = 512, embed_proj_dim: int = 512,
-                 w_avg_beta: float = 0.998):
+                 w_avg_beta: float = 0.998, embed_activation: str = 'lrelu'):
         super().__init__()
         if schedule is None:
             schedule = filter_schedule(img_resolution, num_layers, num_critical, margin_size, channel_base,
@@ -514,7 +538,7 @@ class Generator(nn.Module):
         self.synthesis = SynthesisNetwork(w_dim, schedule, conv_kernel, filter_size, lrelu_upsampling, conv_clamp,
                                           magnitude_ema_beta, freeze_magnitude_ema, output_scale)
         self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.synthesis.num_ws, mapping_layers, mapping_lr_mult,
-                                      embed_dim, embed_proj_dim, w_avg_beta)
+                                      embed_dim, embed_proj_dim, w_avg_beta, embed_activation)
 
     @property
     def num_ws(self) -> int: return self.synthesis.num_ws

@@ -36,17 +36,21 @@ def features(G, ws):
 
 # --- the schedule ----------------------------------------------------------------------------------------
 
-def test_continuing_a_stylegan3_schedule_gives_it_back():
-    # a geometric progression continued to the same end is the same progression: cut the paper's schedule
-    # anywhere before its critical layers and continue it with the layers it had
-    for res in (16, 64, 512):
-        full = filter_schedule(res)
-        for p in range(14 - 2):
-            rest = continue_schedule(full[:p + 1], res, 14 - 1 - p)
-            assert [(q.index, q.name, q.size, q.channels, q.sampling_rate, q.critical) for q in rest] == \
-                   [(q.index, q.name, q.size, q.channels, q.sampling_rate, q.critical) for q in full[p + 1:]]
-            np.testing.assert_allclose([(q.cutoff, q.stopband, q.half_width) for q in rest],
-                                       [(q.cutoff, q.stopband, q.half_width) for q in full[p + 1:]], rtol=1e-12)
+def test_head_starts_from_the_last_kept_layer():
+    # StyleGAN-XL's release: the first head layer keeps the last kept cutoff and its stopband f_c + f_h, and
+    # the head reaches the new Nyquist frequency after its head_layers - num_critical non-critical layers
+    stem = filter_schedule(16, 10, channel_base=65536, channel_max=1024)
+    kept = cut_critical(stem)
+    head = continue_schedule(kept, 32, 7, 2, channel_base=65536, channel_max=1024)
+    assert [q.name for q in head] == [f'L{i}' for i in range(8, 15)] + ['ToRGB']
+    assert head[0].cutoff == kept[-1].cutoff == pytest.approx(2 * 4 ** (7 / 8))
+    assert head[0].stopband == pytest.approx(kept[-1].cutoff + kept[-1].half_width)
+    assert [q.critical for q in head] == [False] * 5 + [True] * 3
+    ratios = [b.cutoff / a.cutoff for a, b in zip(head[:5], head[1:6])]
+    assert ratios == pytest.approx([(16 / head[0].cutoff) ** 0.2] * 5)
+    assert [q.size for q in head] == [52] * 6 + [32, 32]
+    # a head of critical layers only (the tiny preset) jumps straight to the new Nyquist frequency
+    assert all(q.critical and q.cutoff == 16 for q in continue_schedule(kept, 32, 2, 2))
 
 
 def check_stage(prev, sched, res, heads, cfg):
@@ -57,9 +61,12 @@ def check_stage(prev, sched, res, heads, cfg):
     assert [q.index for q in sched] == list(range(len(sched)))
     assert [q.name for q in sched] == [f'L{i}' for i in range(len(sched) - 1)] + ['ToRGB']
     first_crit = len(kept) + heads - cfg.num_critical                          # index of the first critical layer
-    fc = np.log2([q.cutoff for q in sched[p:first_crit + 1]])
-    ft = np.log2([q.stopband for q in sched[p:first_crit + 1]])
-    assert len(fc) >= 2 and np.allclose(np.diff(fc), np.diff(fc)[0]) and np.allclose(np.diff(ft), np.diff(ft)[0])
+    if heads > cfg.num_critical:                                               # the first head layer keeps p's band
+        assert head[0].cutoff == kept[-1].cutoff
+        assert math.isclose(head[0].stopband, kept[-1].cutoff + kept[-1].half_width)
+    fc = np.log2([q.cutoff for q in sched[len(kept):first_crit + 1]])
+    ft = np.log2([q.stopband for q in sched[len(kept):first_crit + 1]])
+    assert np.allclose(np.diff(fc), np.diff(fc)[:1]) and np.allclose(np.diff(ft), np.diff(ft)[:1])
     assert np.all(np.diff(fc) > 0)
     for q in sched[first_crit:]:                                               # 2 layers + ToRGB at the new Nyquist
         assert q.critical and q.cutoff == res / 2 and q.sampling_rate == res
@@ -91,10 +98,23 @@ def test_paper_stage_sizes():
     assert [head_layers_at(PAPER, r) for r in (32, 512, 1024)] == [7, 7, 5]
     # 11 layers at 16 (10 + ToRGB), +5 per stage (7 new, 2 cut), 39 at 1024 (5 new)
     assert [len(stage_schedule(PAPER, k)) for k in range(7)] == [11, 16, 21, 26, 31, 36, 39]
-    # the cutoff settles at one octave per 5 layers
+    # each head's first layer repeats the kept cutoff; the 4 layers after it climb one octave: 2^(1/4) a layer
     s = stage_schedule(PAPER, 5)
     k = len(cut_critical(stage_schedule(PAPER, 4)))
-    assert s[k].cutoff / s[k - 1].cutoff == pytest.approx(2 ** 0.2, rel=1e-3)
+    assert s[k].cutoff == s[k - 1].cutoff
+    assert s[k + 1].cutoff / s[k].cutoff == pytest.approx(2 ** 0.25, rel=1e-6)
+
+
+def test_paper_xl_generator_has_the_released_parameter_counts():
+    # StyleGAN-XL's released G (z 64, w 512, 1000 classes, 320-d embeddings projected to 64, stem 16x16 of 10
+    # layers, heads of 7, channel_base 65536 / channel_max 1024): shapes only, on the meta device
+    cfg = make_config('D', 'paper', resolution=128)
+    assert (cfg.channel_base, cfg.channel_max) == (65536, 1024) and make_config('C').channel_base == 32768
+    with torch.device('meta'):
+        gens = [progressive_generator(cfg, 1000, k) for k in range(4)]
+    assert [G.img_resolution for G in gens] == [16, 32, 64, 128]
+    assert [count_parameters(G) for G in gens] == [101_883_463, 151_701_063, 201_518_663, 225_850_243]
+    assert count_parameters(gens[0].mapping) == 669_248
 
 
 def test_growth_table_marks_what_changed():

@@ -75,3 +75,129 @@ def test_truncated_and_foreign_files_are_clear_errors(tmp_path):
         read_release(tmp_path / 'list.pkl')
     with pytest.raises(FileNotFoundError, match='no file'):
         read_release(tmp_path / 'missing.pkl')
+
+
+# --- the loader against the original code's outputs --------------------------------------------------------------
+
+from sgxl.pretrained import (generator_from_release, load_pickle, release_parameter_count, release_schedule,
+                             synthesis_layers)
+from sgxl.stylegan3 import count_parameters
+
+OUTPUTS = {**np.load(FIX / 'sg3t-outputs.npz'), **{f'xl_{k}': v for k, v in np.load(FIX / 'xl-outputs.npz').items()}}
+CASES = [('sg3t-32.pkl', 'sg3t', ''), ('xl-stem16-c10.pkl', 'stem', 'xl_'), ('xl-superres32-c10.pkl', 'superres', 'xl_')]
+
+
+@pytest.mark.parametrize('file,key,pre', CASES, ids=[c[1] for c in CASES])
+def test_fixture_outputs_are_reproduced(file, key, pre):
+    G = load_pickle(FIX / file, impl='ref')                     # the reference ops: the kernels' oracle
+    assert not G.training and not any(p.requires_grad for p in G.parameters())
+    z, c = torch.from_numpy(OUTPUTS[pre + 'z']), torch.from_numpy(OUTPUTS[pre + 'c'])
+    for psi in (1.0, 0.6):
+        ref = torch.from_numpy(OUTPUTS[f'{pre}{key}_psi{psi}'])
+        with torch.no_grad():
+            img = G(z, c if G.c_dim else None, truncation_psi=psi)
+        assert img.shape == ref.shape
+        assert float((img - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+    if G.c_dim:                                                  # class indices mean the same as one-hot rows
+        with torch.no_grad():
+            assert torch.allclose(G(z, c.argmax(1), truncation_psi=0.6), G(z, c, truncation_psi=0.6))
+
+
+@pytest.mark.parametrize('file', PICKLES)
+def test_parameter_counts_equal_the_files(file):
+    g = read_release(FIX / file)['G_ema']
+    G, spec = generator_from_release(g)
+    assert count_parameters(G) == release_parameter_count(g) > 0
+    if G.c_dim:                                                  # the release's whole 1000x320 table is kept
+        assert tuple(G.mapping.embed.table.shape) == (1000, 320) and spec['embed_activation'] == 'lrelu'
+
+
+def test_grown_release_network_has_sgxls_head_schedule():
+    # the superres fixture: stem 16x16 with 6 layers (2 critical), one head of 3 layers to 32x32
+    from sgxl.core import make_config
+    from sgxl.growing import stage_schedule
+    cfg = make_config('D', 'tiny', resolution=32, stem_layers=6, head_layers=3, channel_base=2048, channel_max=64)
+    fields = lambda s: [(p.index, p.name, p.size, p.channels, p.sampling_rate, p.critical,
+                         round(p.cutoff, 9), round(p.half_width, 9)) for p in s]
+    for file, stage in (('xl-stem16-c10.pkl', 0), ('xl-superres32-c10.pkl', 1)):
+        assert fields(release_schedule(read_release(FIX / file)['G_ema'])) == fields(stage_schedule(cfg, stage))
+
+
+def test_stylegan3_r_and_other_networks_are_clear_errors():
+    g = read_release(FIX / 'sg3t-32.pkl')['G_ema']
+    synthesis_layers(g)[1][1].state['use_radial_filters'] = True
+    with pytest.raises(PickleFormatError, match='StyleGAN3-R'):
+        generator_from_release(g)
+    d = read_release(FIX / 'sg3t-32.pkl')
+    with pytest.raises(PickleFormatError, match='sgxl reads StyleGAN3'):
+        generator_from_release(d['D'])
+
+
+# --- sgxl convert and --network ---------------------------------------------------------------------------------
+
+import json
+import re
+import subprocess
+import sys
+
+from sgxl.cli import main as sgxl_main
+from sgxl.pretrained import load_network_file
+from sgxl.explore import load_network
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_convert_then_generate_end_to_end(tmp_path, capsys):
+    assert sgxl_main(['convert', str(FIX / 'xl-stem16-c10.pkl'), str(tmp_path / 'net')]) == 0
+    assert 'Generator 16x16, 10 classes' in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / 'net').iterdir()) == ['network.json', 'network.safetensors']
+    meta = json.loads((tmp_path / 'net' / 'network.json').read_text())['meta']
+    assert meta['kind'] == 'sgxl-network' and meta['source']['file'] == 'xl-stem16-c10.pkl'
+    # the converted network is the pickle's network, bit for bit
+    G1, G2 = load_pickle(FIX / 'xl-stem16-c10.pkl', impl='ref'), load_network_file(tmp_path / 'net')[0].set_ops_impl('ref')
+    z = torch.from_numpy(OUTPUTS['xl_z'])
+    with torch.no_grad():
+        assert torch.equal(G1(z, torch.arange(4), truncation_psi=0.6), G2(z, torch.arange(4), truncation_psi=0.6))
+    # refuses to overwrite without --force
+    assert sgxl_main(['convert', str(FIX / 'xl-stem16-c10.pkl'), str(tmp_path / 'net')]) == 1
+    assert '--force' in capsys.readouterr().err
+    # every --network user: a converted folder, its network.json, a .pkl directly (cached)
+    assert sgxl_main(['generate', '--network', str(tmp_path / 'net'), '--seeds', '0-1', '--class', '7',
+                      '--outdir', str(tmp_path / 'out')]) == 0
+    written = sorted(p.name for p in (tmp_path / 'out').iterdir())
+    assert 'generate.json' in written and sum(n.endswith('.png') for n in written) >= 2
+    for network in (tmp_path / 'net' / 'network.json', FIX / 'sg3t-32.pkl'):
+        G, _ = load_network(network)
+        assert G.img_resolution in (16, 32) and not G.training
+
+
+def test_pkl_network_is_converted_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('SGXL_CACHE_DIR', str(tmp_path / 'cache'))
+    G, meta = load_network_file(FIX / 'sg3t-32.pkl')
+    cached = list((tmp_path / 'cache' / 'networks').glob('*/network.json'))
+    assert len(cached) == 1 and meta['source']['sha256'].startswith(cached[0].parent.name)
+    stamp = cached[0].stat().st_mtime_ns
+    load_network_file(FIX / 'sg3t-32.pkl')
+    assert cached[0].stat().st_mtime_ns == stamp                 # read, not converted again
+
+
+def test_bad_network_paths_are_clear_errors(tmp_path, capsys):
+    assert sgxl_main(['convert', str(tmp_path / 'missing.pkl'), str(tmp_path / 'o')]) == 1
+    assert 'no file' in capsys.readouterr().err
+    (tmp_path / 'cut.pkl').write_bytes((FIX / 'sg3t-32.pkl').read_bytes()[:5000])
+    assert sgxl_main(['generate', '--network', str(tmp_path / 'cut.pkl'), '--seeds', '0', '--outdir',
+                      str(tmp_path / 'o')]) == 1
+    assert 'truncated' in capsys.readouterr().err
+
+
+def test_readme_pretrained_commands_run_as_written(tmp_path):
+    text = (ROOT / 'README.md').read_text()
+    block = re.search(r'## Pretrained networks\n.*?```sh\n(.*?)```', text, re.S)
+    assert block, 'README.md lost its "Pretrained networks" commands'
+    (tmp_path / 'tests').symlink_to(ROOT / 'tests')               # the commands name the fixtures from the repo root
+    env = {**__import__('os').environ, 'PATH': f'{Path(sys.executable).parent}:' + __import__('os').environ['PATH']}
+    for line in block.group(1).strip().splitlines():
+        cmd = line.split('  #')[0].strip()
+        proc = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f'{cmd}\n{proc.stderr[-2000:]}'
+    assert (tmp_path / 'nets' / 'xl32' / 'network.json').exists() and list((tmp_path / 'out').rglob('*.png'))
