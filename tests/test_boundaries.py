@@ -74,10 +74,10 @@ def test_rungs_b_c_path_length_starts_and_blur_fades(cfg, tmp_path):
 
 
 def frozen_keys(G) -> set[str]:
-    "The state-dict keys (parameters and buffers) of G's frozen modules."
+    "The names of the parameters of G's frozen modules (buffers such as w_avg may keep tracking, as released)."
     frozen = {id(m) for m in G.frozen_modules()}
     prefixes = [name + '.' for name, m in G.named_modules() if id(m) in frozen]
-    return {k for k in G.state_dict() if any(k.startswith(p) for p in prefixes)}
+    return {k for k, _ in G.named_parameters() if any(k.startswith(p) for p in prefixes)}
 
 
 def stage_G(t, state, meta):
