@@ -509,8 +509,12 @@ TRAIN_EXAMPLES = """examples:
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='sgxl train', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Train a rung of the ladder A..F. Without --cfg, --data, --preset or --resolution: the CPU '
-                    'demo (rung F, tiny preset, built-in shapes). Otherwise the paper values of the chosen rung and '
-                    'resolution, changed by the options below.', epilog=TRAIN_EXAMPLES)
+                    'demo: rung F (every change of the ladder at once) at the tiny preset (32 px, batch 8) on the '
+                    'built-in shapes for 1 kimg, a length chosen to end within about 5 minutes on 2 CPU cores. It '
+                    'prints the domain metrics of sgxl.domain (no download) at step 0 and at the end against its '
+                    'targets: at least 80% of samples read as their class, a domain Frechet distance at most half '
+                    'of step 0\'s. Otherwise the paper values of the chosen rung and resolution, changed by the '
+                    'options below.', epilog=TRAIN_EXAMPLES)
     p.add_argument('--cfg', choices=RUNGS, help='rung of the ladder (default: F, StyleGAN-XL)')
     p.add_argument('--data', help="dataset folder or .zip (see `sgxl dataset`), or 'shapes' (built in, the default)")
     p.add_argument('--preset', choices=PRESETS, help="'paper' (default with arguments) or 'tiny' (laptop CPU; the demo)")
