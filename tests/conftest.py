@@ -4,11 +4,13 @@ from pathlib import Path
 
 # One torch thread count for the whole session, whatever the machine: results of optimisation (inversion, PTI,
 # probes, training losses) move with the number of threads, because a parallel sum adds in another order. The
-# default is 1: the same everywhere, and fast on a loaded machine (threads that wait on each other on busy cores
-# made one inversion 25x slower). SGXL_TEST_THREADS=N overrides it; OMP_NUM_THREADS / MKL_NUM_THREADS carry it to
+# default is 1, the same everywhere. SGXL_TEST_THREADS=N overrides it; OMP_NUM_THREADS / MKL_NUM_THREADS carry it to
 # the processes tests start (CLI runs; notebooks: tests/test_notebooks.py sets it there too).
 THREADS = int(os.environ.setdefault('SGXL_TEST_THREADS', '1'))
 os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = str(THREADS)
+# Idle OpenMP threads sleep instead of spinning: on busy cores spinning threads wait for each other (a projection
+# took 73 s at 2 threads with spinning, 2 s without, on a loaded 2-core machine; same numbers either way).
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import pytest
 import torch
@@ -36,6 +38,16 @@ def _fixed_threads():
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def sleeps(monkeypatch) -> list:
+    """The seconds of every `time.sleep` the test's code asks for, without sleeping: "an error at once" is then
+    checked as "no back-off, no waiting" (an empty list) rather than by a wall clock that a loaded machine stretches."""
+    import time
+    asked = []
+    monkeypatch.setattr(time, 'sleep', asked.append)
+    return asked
 
 # Caches (class embeddings, guidance probes, metric statistics, ...) go to a per-session folder, not the
 # user's ~/.cache/sgxl -- except the compiled ops, whose cache CI warms with tools/build_ops.py.

@@ -132,13 +132,13 @@ def offline_empty_cache(tmp_path, monkeypatch):
     return cache
 
 
-def test_missing_clip_weights_offline_is_one_clear_error(offline_empty_cache, monkeypatch):
+def test_missing_clip_weights_offline_is_one_clear_error(offline_empty_cache, monkeypatch, sleeps):
     import huggingface_hub.constants as hf
     t0 = time.time()
     with pytest.raises(MissingWeightsError) as e:
         ed.load_clip()
     msg = str(e.value)
-    assert time.time() - t0 < 5
+    assert sleeps == [] and time.time() - t0 < 30         # no back-off; measured 0.5..1.6 s at a load of 10 on 2 cores
     assert 'timm/vit_base_patch32_clip_224.openai' in msg and 'open_clip_model.safetensors' in msg
     assert '--clip-weights /path/to/open_clip_model.safetensors' in msg and '--clip-weights random' in msg
     monkeypatch.delenv('HF_HUB_OFFLINE')
@@ -288,13 +288,13 @@ def test_edit_cli_bad_options_fail_before_loading(args, message, tmp_path, capsy
     assert not (tmp_path / 'o').exists()
 
 
-def test_edit_cli_bad_class_and_missing_weights(run, tmp_path, capsys, offline_empty_cache):
+def test_edit_cli_bad_class_and_missing_weights(run, tmp_path, capsys, offline_empty_cache, sleeps):
     path, _ = run
     rc, _, err = sgxl_cli(capsys, 'edit', '--network', path, '--prompt', 'x', '--class', '10', '--outdir', tmp_path / 'o')
     assert rc == 1 and 'class 10 is out of range' in err
     t0 = time.time()
     rc, _, err = sgxl_cli(capsys, 'edit', '--network', path, '--prompt', 'x', '--outdir', tmp_path / 'o')
-    assert rc == 1 and 'No CLIP weights for ViT-B-32-quickgelu' in err and time.time() - t0 < 10
+    assert rc == 1 and 'No CLIP weights for ViT-B-32-quickgelu' in err and sleeps == [] and time.time() - t0 < 30
     assert not (tmp_path / 'o').exists()
 
 

@@ -180,7 +180,7 @@ def check_message(msg):
     assert DEIT_TINY in msg and "weights='/path/to/" in msg and 'feature_sources' in msg and 'random' in msg
 
 
-def test_offline_error_is_immediate(empty_caches, monkeypatch):
+def test_offline_error_is_immediate(empty_caches, monkeypatch, sleeps):
     import socket
     def no_network(*a, **k): raise AssertionError('the network was touched although HF_HUB_OFFLINE is set')
     monkeypatch.setattr(socket, 'create_connection', no_network)
@@ -188,12 +188,12 @@ def test_offline_error_is_immediate(empty_caches, monkeypatch):
     t = time.time()
     with pytest.raises(MissingWeightsError) as e:
         FeatureNetwork(DEIT_TINY, 'pretrained', 64)
-    assert time.time() - t < 5, f'took {time.time() - t:.1f} s: the hub was retried'
+    assert sleeps == [] and time.time() - t < 30, f'took {time.time() - t:.1f} s, slept {sleeps}: the hub was retried'
     assert 'HF_HUB_OFFLINE' in str(e.value)
     check_message(str(e.value))
 
 
-def test_unreachable_hub_error_is_immediate(empty_caches, monkeypatch):
+def test_unreachable_hub_error_is_immediate(empty_caches, monkeypatch, sleeps):
     # not flagged offline, but the hub does not answer (a closed local port): one probe, then the error
     import huggingface_hub.constants as hf
     monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
@@ -203,7 +203,7 @@ def test_unreachable_hub_error_is_immediate(empty_caches, monkeypatch):
     t = time.time()
     with pytest.raises(MissingWeightsError) as e:
         FeatureNetwork(DEIT_TINY, 'pretrained', 64)
-    assert time.time() - t < 5, f'took {time.time() - t:.1f} s: the hub was retried'
+    assert sleeps == [] and time.time() - t < 30, f'took {time.time() - t:.1f} s, slept {sleeps}: the hub was retried'
     assert 'no connection to http://127.0.0.1:9' in str(e.value)
     check_message(str(e.value))
 

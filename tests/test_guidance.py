@@ -14,7 +14,7 @@ from PIL import Image
 
 import sgxl.features
 import sgxl.guidance as G
-from sgxl.core import LITE0, make_config
+from sgxl.core import LITE0, make_config, record_value
 from sgxl.data import FileDataset, load
 from sgxl.features import MissingWeightsError
 
@@ -65,7 +65,7 @@ def test_probe_heldout_accuracy_on_shapes(probe, shapes, probe_dir):
     assert probe.kind == 'probe' and probe.info['weights_source'].split(':')[0] in ('package', 'cache')
     # chance is 0.1; measured here: 0.925 on 200 held-out images (0.98 with 2000 images). 0.85 leaves a margin
     # of ~5 standard errors (sqrt(0.925 * 0.075 / 200) = 0.019) for other platforms' arithmetic.
-    assert probe.accuracy > 0.85
+    assert record_value('heldout_accuracy', probe.accuracy) > 0.85
     assert probe.info['n_heldout'] == 200 and probe.info['n_train'] == 800
     # the reported number is the held-out accuracy of this very classifier, end to end on images in [-1, 1]
     labels = torch.as_tensor(shapes.labels)
@@ -102,7 +102,7 @@ def test_temperature_calibration_recovers_a_known_temperature():
     g = torch.Generator().manual_seed(0)
     true_logits = torch.randn(4000, 5, generator=g) * 2
     labels = torch.multinomial(true_logits.softmax(1), 1, generator=g)[:, 0]     # labels drawn from the model
-    t = G.calibrate_temperature(true_logits * 4, labels)                          # an overconfident copy
+    t = record_value('temperature', G.calibrate_temperature(true_logits * 4, labels))   # an overconfident copy
     assert 3.4 < t < 4.6
     ce = lambda x: F.cross_entropy(x, labels).item()
     assert ce(true_logits * 4 / t) < ce(true_logits * 4)
@@ -225,6 +225,7 @@ def test_guidance_gradient_moves_images_toward_the_asked_class(probe, shapes):
     with torch.no_grad():
         last = G.guidance_loss(probe, x, target, 1.0, 32).item()
         hits = (probe(x).argmax(1) == target).sum().item()
+    record_value('loss_ratio', last / first); record_value('hits', hits)
     assert last < 0.5 * first and hits >= 5
 
 
@@ -261,14 +262,14 @@ def test_make_classifier_picks_deit_for_imagenet_labels_else_the_probe(tmp_path,
         G.make_classifier(cfg, FileDataset(write_dataset(tmp_path / 'unlabelled', n=4, labels=False)))
 
 
-def test_deit_offline_without_weights_errors_at_once(tmp_path, monkeypatch):
+def test_deit_offline_without_weights_errors_at_once(tmp_path, monkeypatch, sleeps):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setattr(sgxl.features, 'cached_weights', lambda name: None)   # as on a machine with nothing cached
     ds = FileDataset(write_dataset(tmp_path / 'in1k', n=4, num_classes=1000))
     t0 = time.time()
     with pytest.raises(MissingWeightsError) as e:
         G.make_classifier(make_config('F', 'tiny'), ds)
-    assert time.time() - t0 < 5                                      # no retry loop against an unreachable hub
+    assert sleeps == [] and time.time() - t0 < 30   # no retry loop against an unreachable hub; 1.6 s at a load of 10
     msg = str(e.value)
     assert G.DEIT_SMALL in msg and "classifier='/path/to/" in msg and "classifier='probe'" in msg
 

@@ -83,6 +83,7 @@ def test_projection_reaches_high_psnr_in_range(G, percep):
     p = inv.project(G, target, 4, perceptual=percep, steps=30, log_every=10)
     assert p.c == 4 and p.ws.shape == (1, G.num_ws, G.w_dim)
     assert torch.allclose(p.ws[:, 0:1], p.ws)                                # space 'w': one w for all layers
+    record_value('psnr', p.psnr); record_value('psnr_gain_db', p.psnr - p.psnr_start)
     assert p.psnr > 30 and p.psnr > p.psnr_start + 8, (p.psnr_start, p.psnr)
     assert abs(inv.reconstruction_psnr(ex.synthesize(G, p.ws), target) - p.psnr) < 1e-3
 
@@ -103,6 +104,7 @@ def test_class_is_inferred_by_the_guidance_probe(G, percep, shapes):
     clf = probe_classifier(shapes, resolution=64)                           # cached for the session (conftest)
     for i in range(6):
         c, probs = inv.infer_class(clf, inv.as_target(shapes[i][0], 32), 10)
+        record_value(f'p_true_{i}', probs[int(shapes.labels[i])])
         assert c == shapes.labels[i] and probs.sum() == pytest.approx(1, abs=1e-5)
 
 
@@ -207,6 +209,8 @@ def test_invert_cli_end_to_end(checkpoint, shapes, tmp_path, capsys):
     assert rc == 0, err
     report = json.loads((out / 'inversion.json').read_text())
     assert report['inferred'] and report['c'] == int(shapes.labels[5])       # the guidance probe named the class
+    record_value('projection_gain_db', report['psnr_projection'] - report['psnr_start'])
+    record_value('pti_gain_db', report['psnr_pti'] - report['psnr_projection'])
     assert report['psnr_pti'] > report['psnr_projection'] > report['psnr_start']
     assert report['settings']['pti_lr'] == 5e-3                               # the tiny network's default
     assert 'after PTI' in stdout

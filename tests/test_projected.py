@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sgxl.core import DEIT_BASE, make_config
+from sgxl.core import DEIT_BASE, make_config, record_value
 from sgxl.features import FeatureNetwork
 from sgxl.data import cutout, diff_augment
 from sgxl.projected import (ClassEmbedding, FeatureProjector, ProjectedDiscriminator, RungB, blur_sigma_at,
@@ -87,6 +87,7 @@ def test_d_steps_are_finite_and_lower_the_loss_on_a_fixed_batch(lite0_64):
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         losses.append(loss.item())
     assert all(math.isfinite(l) for l in losses)
+    record_value('first_loss', losses[0]); record_value('last3_over_first', sum(losses[-3:]) / 3 / losses[0])
     assert losses[0] > 1.0 and sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
 
 
