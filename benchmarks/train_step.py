@@ -48,13 +48,13 @@ def time_rung(cfg, device, steps, warmup=1, profile=0):
     real = torch.stack([data[i % len(data)][0] for i in range(n)])
     labels = torch.stack([data[i % len(data)][1] for i in range(n)])
     if device == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-    times, prof = [], cProfile.Profile(timer=time.process_time) if profile else None
+    times, cpu, prof = [], [], cProfile.Profile(timer=time.process_time) if profile else None
     for i in range(warmup + steps):
         if prof and i == warmup: prof.enable()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rung.step(real, labels, step_index=i + 1)                            # (+1: no lazy R1 in the timing)
         if device == 'cuda': torch.cuda.synchronize()
-        if i >= warmup: times.append(time.perf_counter() - t0)
+        if i >= warmup: times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
     if prof:
         prof.disable()
         out = io.StringIO()
@@ -64,6 +64,7 @@ def time_rung(cfg, device, steps, warmup=1, profile=0):
     sec = statistics.median(times)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device == 'cuda'
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    time_rung.cpu_kimg = statistics.median(cpu) / n * 1000                 # CPU seconds per kimg (robust to load)
     return sec, sec / n * 1000, peak, rung.resolution
 
 
@@ -74,13 +75,14 @@ def compare(args, changes: dict):
     rows, load1 = [], os.getloadavg()[0]
     for r in args.rungs.split(','):
         before = time_rung(make_config(r, 'tiny', data='shapes:num_images=1000'), args.device, args.steps, profile=args.profile)
+        cb = time_rung.cpu_kimg
         after = time_rung(make_config(r, 'tiny', data='shapes:num_images=1000', **changes), args.device, args.steps)
-        rows.append((r, before[1], after[1]))
-        print(f'{r}: before {before[1]:.0f} s/kimg, after {after[1]:.0f} s/kimg, {before[1] / after[1]:.2f}x', flush=True)
-    print(f"\n{'rung':<6}{'before s/kimg':>15}{'after s/kimg':>15}{'speed-up':>10}")
-    for r, b, a in rows: print(f'{r:<6}{b:>15.0f}{a:>15.0f}{b / a:>9.2f}x')
-    tb, ta = sum(b for _, b, _ in rows), sum(a for _, _, a in rows)
-    print(f"{'ladder':<6}{tb:>15.0f}{ta:>15.0f}{tb / ta:>9.2f}x")
+        rows.append((r, before[1], after[1], cb, time_rung.cpu_kimg))
+        print(f'{r}: before {before[1]:.0f} s/kimg ({cb:.0f} CPU), after {after[1]:.0f} ({time_rung.cpu_kimg:.0f} CPU)', flush=True)
+    print(f"\n{'rung':<6}{'before s/kimg':>15}{'after s/kimg':>15}{'speed-up':>10}{'before CPU s/kimg':>19}{'after CPU':>11}{'speed-up':>10}")
+    for r, b, a, cb, ca in rows: print(f'{r:<6}{b:>15.0f}{a:>15.0f}{b / a:>9.2f}x{cb:>19.0f}{ca:>11.0f}{cb / ca:>9.2f}x')
+    tot = [sum(row[k] for row in rows) for k in range(1, 5)]
+    print(f"{'ladder':<6}{tot[0]:>15.0f}{tot[1]:>15.0f}{tot[0] / tot[1]:>9.2f}x{tot[2]:>19.0f}{tot[3]:>11.0f}{tot[2] / tot[3]:>9.2f}x")
     print(f'load average (1 min) at the start {load1:.1f}, at the end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores')
 
 

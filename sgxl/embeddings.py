@@ -199,7 +199,9 @@ def class_embeddings(dataset, feature_net: nn.Module | None = None, batch: int =
     key = embedding_key(dataset, net) if folders else None
     hit = read_cached(folders, key) if folders else None
     if hit is not None: return hit if return_meta else hit[0]
-    sums, counts = accumulate_class_features(dataset, net, num_classes, batch, progress, workers)
+    with torch.random.fork_rng(devices=[]):                 # a cache miss draws no numbers from the global RNG (the
+        sums, counts = accumulate_class_features(dataset, net, num_classes, batch, progress, workers)   # loader does),
+                                                            # so a seed builds the same networks with or without a cache
     table = class_means(sums, counts, getattr(dataset, 'class_names', None))    # (num_classes, C)
     meta = dict(key=key, dim=table.shape[1], weights_source=source, counts=counts.tolist(),
                 class_names=getattr(dataset, 'class_names', None), dataset=getattr(dataset, 'name', None),

@@ -364,7 +364,8 @@ class RungD(RungC):
         self.base_cfg = self.cfg                                              # the run's; self.cfg: the stage's
         self.stage_best, self.stage_best_fid = None, math.inf                 # the stage's best G_ema (by FID)
         cfg = self.cfg.replace(c_dim=self.c_dim)
-        self.policy = StagePolicy.from_config(cfg)
+        stage_schedule(cfg, len(stage_resolutions(cfg)) - 1)                   # every stage can be built: fail now,
+        self.policy = StagePolicy.from_config(cfg)                             # not at a stage switch hours later
         nets = feature_networks(cfg)
         self.class_table = None                                              # unlabelled data: no class embeddings
         if self.c_dim:

@@ -313,7 +313,8 @@ def probe_classifier(dataset, weights: str | os.PathLike = 'pretrained', resolut
     folder, key = probe_cache_dir(dataset, cache_dir), probe_key(dataset, settings)
     hit = None if retrain else load_probe(folder, key, settings)
     if hit is None:
-        head, confusion, meta = train_probe(dataset, encoder, settings, device)
+        with torch.random.fork_rng(devices=[]):             # the global RNG is untouched, cache or not: a training
+            head, confusion, meta = train_probe(dataset, encoder, settings, device)   # run's seed means one run
         try: save_probe(folder, key, head, confusion, meta)
         except OSError as e:
             _log.warning('could not cache the probe in %s (%s): it will be trained again next time', folder, e)

@@ -414,8 +414,14 @@ def guidance_classifier_for(G: nn.Module, meta: dict, data: str | None, device) 
 
 # %% ../nbs/13_inversion.ipynb #6388635d
 def save_tuned_generator(outdir: Path, inv: Inversion, meta: dict) -> list[str]:
-    "The tuned generator as a checkpoint `load_network` reads (pti-generator.json + .safetensors), with the network's config."
+    """The tuned generator as `load_network` reads it (pti-generator.json + .safetensors), in the form of the network
+    it came from: a converted release network (sgxl.pretrained), or a checkpoint with the network's config."""
+    from sgxl.pretrained import NETWORK_KIND
     from sgxl.training import save_checkpoint
+    if meta.get('kind') == NETWORK_KIND:                                # a release .pkl or an `sgxl convert` folder
+        state = {'G_ema': inv.G.state_dict(), 'input_transform': inv.G.synthesis.input.transform}
+        save_checkpoint(outdir / 'pti-generator', state, dict(meta, pti=True))
+        return ['pti-generator.json', 'pti-generator.safetensors']
     cfg = meta.get('config')
     keep = {k: v for k, v in meta.items() if k in ('stage', 'dataset', 'kimg', 'step')}
     keep['config'] = cfg.to_dict() if isinstance(cfg, Config) else cfg

@@ -35,10 +35,11 @@ __all__ = ['INCEPTION_FILES', 'INCEPTION_SOURCE', 'VGG16_FILES', 'VGG16_SOURCE',
            'load_inception_state_dict', 'load_vgg16_state_dict', 'random_inception_state_dict', 'InceptionFeatures',
            'VGG16Features', 'make_extractor', 'MetricSpec', 'parse_metric', 'check_generator', 'sample_inputs',
            'generated_images', 'real_indices', 'real_images', 'cache_folder', 'real_cache_path', 'save_npz', 'load_npz',
-           'extract_features', 'real_statistics', 'score', 'content_transform', 'transform_images',
-           'fourier_input_renderer', 'psnr', 'equivariance_error', 'random_transforms', 'equivariance_renderer',
-           'equivariance_metric', 'ToyField', 'compute_metrics', 'compute_metric', 'load_generator', 'load_dataset',
-           'format_table', 'default_output', 'metrics_parser', 'metrics_main']
+           'extract_features', 'gather_in_order', 'gather_feature_stats', 'real_statistics', 'score',
+           'content_transform', 'transform_images', 'fourier_input_renderer', 'psnr', 'equivariance_error',
+           'random_transforms', 'equivariance_renderer', 'equivariance_metric', 'ToyField', 'check_metrics',
+           'compute_metrics', 'compute_metric', 'load_generator', 'load_dataset', 'format_table', 'default_output',
+           'metrics_parser', 'metrics_main']
 
 # %% ../nbs/11_metrics.ipynb #370d304c
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
@@ -392,12 +393,13 @@ def sample_inputs(G, n: int, g: torch.Generator, dataset=None) -> tuple[torch.Te
 
 @torch.no_grad()
 def generated_images(G, num: int, batch: int = 64, device=None, truncation_psi: float = 1.0, seed: int = 0,
-                     dataset=None) -> Iterator[torch.Tensor]:
-    "Yield `num` images of G in batches, quantised to uint8 (N, 3, H, W) as a saved PNG would be."
+                     dataset=None, rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
+    "Yield `num` images of G in batches, quantised to uint8 (N, 3, H, W) as a saved PNG would be; of `world` processes, batches i = rank mod world."
     check_generator(G)
     device, g = get_device(device), torch.Generator().manual_seed(seed)
-    for start in range(0, num, batch):
-        z, c = sample_inputs(G, min(batch, num - start), g, dataset)
+    for i, start in enumerate(range(0, num, batch)):
+        z, c = sample_inputs(G, min(batch, num - start), g, dataset)  # every rank draws every batch's inputs ...
+        if i % world != rank: continue                                 # ... and renders its own share
         img = G(z.to(device), c.to(device), truncation_psi=truncation_psi)
         check(isinstance(img, torch.Tensor) and img.ndim == 4 and img.shape[1] == 3,
               f"G must return images (N, 3, H, W) in [-1, 1]; got {type(img).__name__} "
@@ -469,6 +471,33 @@ def extract_features(batches: Iterator[torch.Tensor], nets: dict[str, torch.nn.M
                 if n == net_name: st.append(out[feature])
         if progress: progress(len(images))
     return stats
+
+def gather_in_order(items: list, world: int) -> list | None:
+    "Rank 0: every rank's `items` (rank r holds batches r, r + world, ...) back in batch order; None on other ranks."
+    if world == 1: return list(items)
+    import torch.distributed as dist
+    parts = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(list(items), parts, dst=0)
+    if parts is None: return None
+    return [parts[i % world][i // world] for i in range(sum(map(len, parts)))]
+
+def gather_feature_stats(stats: dict[tuple[str, str], FeatureStats], world: int) -> dict | None:
+    "Rank 0: every rank's feature statistics merged (sums added, kept vectors in batch order); None on other ranks."
+    if world == 1: return stats
+    out = {}
+    for key, st in stats.items():
+        mine = [(st.n, st.s1.cpu(), st.s2.cpu())] if st.s1 is not None else []   # ranks without a batch send none
+        sums, chunks = gather_in_order(mine, world), gather_in_order(st.chunks, world)  # chunks: one per batch
+        if sums is None: continue                                    # not rank 0
+        merged = FeatureStats(st.keep)
+        for n, s1, s2 in sums:                                       # $\sum_n x_n$ and $\sum_n x_n x_n^\top$ add up
+            merged.n += n
+            merged.s1 = s1 if merged.s1 is None else merged.s1 + s1
+            merged.s2 = s2 if merged.s2 is None else merged.s2 + s2
+        merged.chunks = chunks
+        out[key] = merged
+    import torch.distributed as dist
+    return out if dist.get_rank() == 0 else None
 
 def real_statistics(specs: Sequence[MetricSpec], dataset, nets, device, batch=64, workers=0, cache_dir=None,
                     progress=None) -> dict[str, dict[str, np.ndarray]]:
@@ -575,18 +604,23 @@ def equivariance_renderer(G, truncation_psi: float = 1.0) -> Callable:
 
 @torch.no_grad()
 def equivariance_metric(spec: MetricSpec, G, render: Callable | None = None, batch: int = 64, device=None,
-                        truncation_psi: float = 1.0, seed: int = 0, dataset=None) -> dict[str, float]:
-    "EQ-T (int / frac) or EQ-R in dB over spec.num_gen samples of G, rendered by `render` or `equivariance_renderer(G)`."
+                        truncation_psi: float = 1.0, seed: int = 0, dataset=None, rank: int = 0,
+                        world: int = 1) -> dict[str, float]:
+    "EQ-T (int / frac) or EQ-R in dB over spec.num_gen samples of G, rendered by `render` or `equivariance_renderer(G)`; split over `world` processes like `generated_images` (the result on rank 0, {} elsewhere)."
     check_generator(G)
     render = render or equivariance_renderer(G, truncation_psi)
     device, g = get_device(device), torch.Generator().manual_seed(seed)
-    err = count = 0.0
-    for start in range(0, spec.num_gen, batch):
+    mine = []
+    for i, start in enumerate(range(0, spec.num_gen, batch)):
         z, c = sample_inputs(G, min(batch, spec.num_gen - start), g, dataset)
         t, ang = random_transforms(spec.kind, len(z), G.img_resolution, g)
-        e, k = equivariance_error(render, z.to(device), c.to(device), t.to(device), ang.to(device),
-                                  radius=1 if spec.kind == 'eqt_int' else 8)    # radius 1: whole pixels, exact
-        err, count = err + e, count + k
+        if i % world != rank: continue                                  # another rank's batch
+        mine.append(equivariance_error(render, z.to(device), c.to(device), t.to(device), ang.to(device),
+                                       radius=1 if spec.kind == 'eqt_int' else 8))   # radius 1: whole pixels, exact
+    parts = gather_in_order(mine, world)                                # (error, count) of every batch, in order
+    if parts is None: return {}
+    err = count = 0.0
+    for e, k in parts: err, count = err + e, count + k                 # summed as one process would
     check(count > 0, f"{spec.name}: no valid pixels; the image ({G.img_resolution} px) is too small for the transforms")
     return {spec.name: psnr(err / count)}
 
@@ -617,11 +651,24 @@ class ToyField(torch.nn.Module):
         zeros = torch.zeros(len(z), device=z.device)
         return self.render_transformed(z, c, torch.zeros(len(z), 2, device=z.device), zeros)
 
+# %% ../nbs/11_metrics.ipynb #5c1e7a42
+def check_metrics(names: Sequence[str], weights=None) -> list[MetricSpec]:
+    "Check now what computing `names` will need: each name parses, each weight file its networks load is found."
+    specs = [parse_metric(n) for n in names]
+    needs = {METRIC_FEATURES[s.kind][0] for s in specs if s.kind in METRIC_FEATURES}
+    if 'inception' in needs: find_weights(INCEPTION_FILES, 'Inception-v3 (FID)', INCEPTION_SOURCE, weights)
+    if 'vgg16' in needs: find_weights(VGG16_FILES, 'VGG16 (precision/recall)', VGG16_SOURCE, weights)
+    return specs
+
 # %% ../nbs/11_metrics.ipynb #2b02e1dd
 def compute_metrics(names: Sequence[str], G, dataset=None, *, num: int | None = None, batch: int = 64,
                     device=None, truncation_psi: float = 1.0, seed: int = 0, cache_dir=None, weights=None,
-                    render: Callable | None = None, workers: int = 0, progress: bool = False) -> dict[str, float]:
-    "Compute the metrics `names` (e.g. ['fid50k', 'kid50k', 'pr50k3', 'eqt50k_int']) of generator G against `dataset`."
+                    render: Callable | None = None, workers: int = 0, progress: bool = False, rank: int = 0,
+                    world: int = 1) -> dict[str, float]:
+    """Compute the metrics `names` (e.g. ['fid50k', 'kid50k', 'pr50k3', 'eqt50k_int']) of generator G against `dataset`.
+
+    Of `world` processes (torchrun; every rank calls this): each renders batches i = rank mod world, rank 0 reads
+    the real statistics, gathers the generated ones and scores; every rank returns the results."""
     specs = [parse_metric(n, num) for n in names]
     check_generator(G)
     device = get_device(device)
@@ -635,20 +682,24 @@ def compute_metrics(names: Sequence[str], G, dataset=None, *, num: int | None = 
           f"classifier they use: pass dataset=...")
     nets = {n: make_extractor(n, weights).eval().to(device) for n in sorted({METRIC_FEATURES[s.kind][0] for s in feat})}
     bar = _progress_bar(progress)
-    real = real_statistics(feat, dataset, nets, device, batch, workers, cache_dir, bar) if feat else {}
+    real = real_statistics(feat, dataset, nets, device, batch, workers, cache_dir, bar) if feat and rank == 0 else {}
     results: dict[str, float] = {}
     for num_gen in sorted({s.num_gen for s in feat}):
         group = [s for s in feat if s.num_gen == num_gen]
-        stats = extract_features(generated_images(G, num_gen, batch, device, truncation_psi, seed, dataset),
-                                 nets, _stats_for(group, 'gen'), device, bar)
+        images = generated_images(G, num_gen, batch, device, truncation_psi, seed, dataset, rank, world)
+        stats = gather_feature_stats(extract_features(images, nets, _stats_for(group, 'gen'), device, bar), world)
+        if stats is None: continue                                       # not rank 0: rank 0 scores
         for s in group: results.update(score(s, real.get(s.name), stats[METRIC_FEATURES[s.kind][:2]], device))
     for s in specs:
         if s.kind in EQ_KINDS:
-            results.update(equivariance_metric(s, G, render, batch, device, truncation_psi, seed, dataset))
-    if domain:
+            results.update(equivariance_metric(s, G, render, batch, device, truncation_psi, seed, dataset, rank, world))
+    if domain and rank == 0:
         from sgxl.domain import domain_metrics                        # (sgxl.domain imports this module)
         results.update(domain_metrics(domain, G, dataset, batch=batch, device=device, truncation_psi=truncation_psi,
                                       seed=seed, cache_dir=cache_dir))
+    if world > 1:                                                        # rank 0's results to every rank
+        import torch.distributed as dist
+        box = [results]; dist.broadcast_object_list(box, src=0); results = box[0]
     return {s_name: results[s_name] for s_name in _ordered(results, specs)}
 
 def compute_metric(name: str, G, dataset=None, **kwargs) -> dict[str, float]:

@@ -275,7 +275,8 @@ class RungB(RungA):
         with torch.no_grad(): fake = self.G(b.z_d, b.c_d)
         real_logits, fake_logits = self.discriminate(b.real, b.c), self.discriminate(fake, b.c_d)
         loss = hinge_d_loss(real_logits, fake_logits, **self.adv_reduce())
-        return loss, {'loss/D': loss, 'D/real': real_logits.mean(), 'D/fake': fake_logits.mean()}
+        return loss, {'loss/D': loss, 'D/real': real_logits.mean(), 'D/fake': fake_logits.mean(),
+                      'D/blur_sigma': loss.new_tensor(self.blur_sigma())}   # (watch the fade in the stats)
 
     def g_reg_active(self) -> bool:
         "Does G have a lazy path-length phase at all (it sets G's lazy Adam)? Rung D: on the stem only."

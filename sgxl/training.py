@@ -5,11 +5,13 @@
 # %% ../nbs/10_training.ipynb #887eab85
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,13 @@ from safetensors.torch import load_file, save_file
 from .core import atomic_write, check, get_device
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_METRICS', 'DEMO_TARGETS', 'flatten_state',
-           'unflatten_state', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints',
-           'latest_checkpoint', 'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog', 'init_distributed',
-           'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key', 'Trainer', 'check_resume_changes',
-           'resolve_checkpoint', 'build_generator', 'load_generator', 'train_parser', 'parse_set', 'is_demo',
-           'parse_metrics', 'config_from_args', 'resume_changes_from_args', 'demo_scores', 'demo_report', 'train_main']
+__all__ = ['CKPT_FORMAT', 'DIST_TIMEOUT_MIN', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_METRICS', 'DEMO_TARGETS',
+           'flatten_state', 'unflatten_state', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
+           'list_checkpoints', 'latest_checkpoint', 'CheckpointManager', 'rng_state', 'set_rng_state', 'StatsLog',
+           'init_distributed', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key',
+           'check_before_training', 'Trainer', 'check_resume_changes', 'MetricError', 'resolve_checkpoint',
+           'build_generator', 'load_generator', 'train_parser', 'parse_set', 'is_demo', 'parse_metrics',
+           'config_from_args', 'resume_changes_from_args', 'demo_scores', 'demo_report', 'train_main']
 
 # %% ../nbs/10_training.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -146,6 +149,21 @@ class CheckpointManager:
         for old in list_checkpoints(self.run_dir)[:-self.keep]: _remove_checkpoint(old)
         return path
 
+    def update_meta(self, path: Path, changes: dict) -> Path:
+        "Add `changes` to checkpoint `path`'s metadata (a snapshot's metrics, measured after it was written); best.* follows."
+        path = Path(path)
+        record = json.loads(path.read_text())
+        record['meta'].update(changes)
+        atomic_write(path, json.dumps(record, indent=1))                   # the tensors (and their hash) are unchanged
+        value, best = record['meta'].get(self.metric), self.best_value()
+        if value is not None and (best is None or value < best):
+            tmp = self.run_dir / '.best.safetensors.tmp'
+            shutil.copyfile(path.with_name(record['tensors']), tmp)
+            with open(tmp, 'rb+') as f: os.fsync(f.fileno())
+            tmp.replace(self.run_dir / 'best.safetensors')
+            atomic_write(self.run_dir / 'best.json', json.dumps({**record, 'tensors': 'best.safetensors'}, indent=1))
+        return path
+
 # %% ../nbs/10_training.ipynb #7e30490a
 def rng_state() -> dict:
     "Capture Python, NumPy and PyTorch (CPU and CUDA) random states, as checkpointable values."
@@ -197,6 +215,11 @@ class StatsLog:
         if self.tb is not None: self.tb.close()
 
 # %% ../nbs/10_training.ipynb #d1f256df
+# A collective waits this long for the slowest rank before it fails: longer than the longest pause of one rank,
+# which is rank 0 reading 50k real images for fid50k's statistics the first time (minutes on a GPU; torch's
+# default is 10 minutes for NCCL). SGXL_DIST_TIMEOUT_MIN sets another value.
+DIST_TIMEOUT_MIN = 120
+
 def init_distributed(device: str | None = None) -> tuple[int, int, torch.device]:
     "Join the torchrun process group if there is one; returns (rank, world_size, device)."
     world = int(os.environ.get('WORLD_SIZE', '1'))
@@ -204,7 +227,8 @@ def init_distributed(device: str | None = None) -> tuple[int, int, torch.device]
     rank, local = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
     use_cuda = torch.cuda.is_available() and (device is None or str(device) in ('auto', 'cuda'))
     if use_cuda: torch.cuda.set_device(local)
-    if not dist.is_initialized(): dist.init_process_group('nccl' if use_cuda else 'gloo')
+    timeout = datetime.timedelta(minutes=float(os.environ.get('SGXL_DIST_TIMEOUT_MIN', DIST_TIMEOUT_MIN)))
+    if not dist.is_initialized(): dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=timeout)
     return rank, world, torch.device(f'cuda:{local}' if use_cuda else 'cpu')
 
 # %% ../nbs/10_training.ipynb #5b9ff812
@@ -258,6 +282,17 @@ def metric_key(results: dict) -> float | None:
         if 'fid' in k: return float(v)
     return None
 
+def check_before_training(cfg: Config):
+    "Fail before the first step, not at a snapshot hours later: the metrics' names and weight files, and a way to grow."
+    if cfg.metrics:
+        from sgxl.metrics import check_metrics
+        check_metrics(cfg.metrics)                                             # names; Inception / VGG16 files
+    if cfg.progressive and cfg.stage_kimg <= 0 and cfg.resolution > cfg.stem_resolution:
+        check(any('fid' in m for m in cfg.metrics), f"config {cfg.cfg} grows when FID stops improving "
+              f"(stage_kimg=0), but metrics={cfg.metrics} measures no FID, so the run would never leave its "
+              f"{cfg.stem_resolution}x{cfg.stem_resolution} stem: give each stage a length (--set stage_kimg=500) "
+              f"or add an FID metric (--metrics fid50k, or rfid10k, which needs no weight file)")
+
 class Trainer:
     "One training run: data, the rung, the loop, snapshots, checkpoints. Every rank trains; rank 0 writes."
     def __init__(self, cfg: Config, outdir='runs', resume=None, device=None, progress: bool = True,
@@ -273,6 +308,7 @@ class Trainer:
         check(cfg is not None, 'give a config, or a run folder / checkpoint to resume')
         for b in (cfg.batch, *cfg.stage_batch):
             check(b % self.world == 0, f"batch={b} must be divisible by the {self.world} processes")
+        check_before_training(cfg)                                              # what the snapshots will need
         self.cfg = cfg
         self.log_kimg = log_kimg or min(1.0, cfg.snap_kimg / 4)
         seed_everything(cfg.seed)                                              # the same on every rank
@@ -367,25 +403,42 @@ Trainer.state, Trainer.meta, Trainer.save, Trainer.load = _trainer_state, _train
 Trainer.checked = _trainer_checked
 
 # %% ../nbs/10_training.ipynb #675d04dc
+class MetricError(RuntimeError):
+    "A snapshot's metric failed; that snapshot's checkpoint is already written."
+
 def _trainer_snapshot(self) -> Path | None:
-    "Sample grid, metrics, checkpoint; returns the checkpoint path on rank 0."
+    "Sample grid, checkpoint, then the metrics (into the checkpoint's metadata); returns the checkpoint path on rank 0."
     if self.is_main:
         images = torch.cat([self.rung.sample(z, c) for z, c in zip(self.grid_z.split(8),
                             self.grid_c.split(8) if self.grid_c is not None else [None] * 4)])
         save_image_grid(images, self.run_dir / f'samples-{self.step_index:09d}.png', nrow=8)
-        if self.cfg.metrics:
-            from sgxl.metrics import compute_metrics
-            self.results = compute_metrics(self.cfg.metrics, self.rung.G_ema, self.dataset, device=self.device,
-                                           seed=self.cfg.seed)
-            self.stats.log(self.step_index, self.rung.kimg, {f'metrics/{k}': v for k, v in self.results.items()})
+    self.results = {}
+    path = self.save()
+    if self.cfg.metrics: self.measure(path)                                   # every rank renders its share
     fid = metric_key(self.results) if self.is_main else None
     if self.world > 1:                                                        # every rank decides the same growth
         box = torch.tensor([float('nan') if fid is None else fid], device=self.device)
         dist.broadcast(box, 0); fid = box.item()
     if getattr(self.rung, 'progressive', False) and fid is not None and np.isfinite(fid): self.rung.record_fid(fid)
-    return self.save()
+    return path
 
-Trainer.snapshot = _trainer_snapshot
+def _trainer_measure(self, path: Path):
+    "The snapshot's metrics of G_ema: logged, and added to the metadata of checkpoint `path`."
+    from sgxl.metrics import compute_metrics
+    try:
+        with torch.random.fork_rng(devices=[]):                               # the training's random state stays
+            results = compute_metrics(self.cfg.metrics, self.rung.G_ema, self.dataset, device=self.device,
+                                      seed=self.cfg.seed, rank=self.rank, world=self.world)
+    except Exception as e:
+        raise MetricError(f"the metrics {', '.join(self.cfg.metrics)} failed at step {self.step_index} "
+                          f"({type(e).__name__}: {e}); the checkpoint {path.name} was written before them: fix the "
+                          f"cause, then continue with --resume {self.run_dir}") from e
+    self.results = results
+    if not self.is_main: return
+    self.stats.log(self.step_index, self.rung.kimg, {f'metrics/{k}': v for k, v in results.items()})
+    CheckpointManager(self.run_dir, keep=self.keep).update_meta(path, {'metrics': results, 'fid': metric_key(results)})
+
+Trainer.snapshot, Trainer.measure = _trainer_snapshot, _trainer_measure
 
 # %% ../nbs/10_training.ipynb #42a9a26b
 class _StopSignal:
@@ -522,9 +575,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--kimg', type=float, help='training length in thousands of real images')
     p.add_argument('--batch', type=int, help='global batch over all processes')
     p.add_argument('--batch-gpu', type=int, help='images per forward pass and process (gradient accumulation below batch)')
-    p.add_argument('--snap', type=float, help='kimg (thousands of real images) between snapshots (sample grid, '
-                   'metrics, checkpoint). Not ticks: StyleGAN3/StyleGAN-XL count --snap in ticks of 4 kimg, so '
-                   'their --snap 10 is --snap 40 here')
+    p.add_argument('--snap', type=float, help='kimg between snapshots (sample grid, metrics, checkpoint)')
     p.add_argument('--metrics', help="comma-separated metrics at each snapshot, e.g. fid50k,kid50k, or 'none'")
     p.add_argument('--seed', type=int, help='random seed (default 0)')
     p.add_argument('--workers', type=int, help='DataLoader worker processes per GPU')
@@ -639,7 +690,7 @@ def train_main(argv: list[str] | None = None) -> int:
         before = demo_scores(trainer) if demo and trainer.is_main else None
         run_dir = trainer.run()
         if before is not None: print(demo_report(before, demo_scores(trainer)))
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError, MetricError) as e:
         print(f'sgxl train: error: {e}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:

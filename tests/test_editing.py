@@ -315,3 +315,34 @@ def test_readme_edit_command(root, tmp_path, monkeypatch, capsys, offline_empty_
     assert rc == 0, err
     out = tmp_path / argv[argv.index('--outdir') + 1]
     assert (out / 'edit.png').is_file() and (out / 'direction.json').is_file()
+
+
+def test_edit_a_release_pickle_and_its_inversion(root, tmp_path, capsys):
+    "A StyleGAN-XL release file (the 16x16 stem of tests/fixtures, 10 classes) is found, edited and inverted for editing."
+    from sgxl.data import load
+    from sgxl.inversion import invert_main
+    pkl = root / 'tests' / 'fixtures' / 'official-pickles' / 'xl-stem16-c10.pkl'
+    G, _ = ex.load_network(pkl)
+    out = tmp_path / 'out'
+    rc, _, err = sgxl_cli(capsys, 'edit', '--network', pkl, '--prompt', PROMPT, '--class', '3', '--seeds', '0-1',
+                          '--strengths', '-1,0,1', '--scale', '1', '--outdir', out, *FAST)
+    assert rc == 0, err
+    d = ed.load_direction(out / 'direction.json')
+    assert d.layers == list(ed.style_channels(G)) and d.meta['similarity_after'] > d.meta['similarity_before']
+    ws = ex.map_z(G, ex.z_from_seeds(G, [0, 1])[0], torch.tensor([3, 3]))
+    grid = torch.from_numpy(np.array(Image.open(out / 'edit.png'))).permute(2, 0, 1)
+    from sgxl.core import to_uint8
+    assert torch.equal(grid[:, 1:17, 18:34], to_uint8(ex.synthesize(G, ws[:1]))[0])   # strength 0: the release's image
+    img, _ = load('shapes', resolution=16, num_images=10)[0]
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp_path / 'target.png')
+    capsys.readouterr()
+    assert invert_main([str(a) for a in ('--network', pkl, '--target', tmp_path / 'target.png', '--class', 3, '--steps', 2,
+                                         '--pti-steps', 2, '--scale', 1, '--outdir', tmp_path / 'inv')]) == 0
+    tuned, ws, c = ed.load_inversion(tmp_path / 'inv')                        # the tuned release network
+    pti = torch.from_numpy(np.array(Image.open(tmp_path / 'inv' / 'pti.png'))).permute(2, 0, 1)
+    assert c == 3 and torch.equal(to_uint8(ex.synthesize(tuned, ws))[0], pti)
+    rc, _, err = sgxl_cli(capsys, 'edit', '--network', pkl, '--inversion', tmp_path / 'inv', '--direction',
+                          out / 'direction.json', '--strengths', '-1,0,1', '--scale', '1', '--outdir', tmp_path / 'e')
+    assert rc == 0, err
+    grid = torch.from_numpy(np.array(Image.open(tmp_path / 'e' / 'edit.png'))).permute(2, 0, 1)
+    assert torch.equal(grid[:, 1:17, 18:34], pti)                             # strength 0: the PTI reconstruction

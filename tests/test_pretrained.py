@@ -201,3 +201,19 @@ def test_readme_pretrained_commands_run_as_written(tmp_path):
         proc = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f'{cmd}\n{proc.stderr[-2000:]}'
     assert (tmp_path / 'nets' / 'xl32' / 'network.json').exists() and list((tmp_path / 'out').rglob('*.png'))
+
+
+def test_metrics_and_invert_take_converted_networks(tmp_path, capsys):
+    assert sgxl_main(['convert', str(FIX / 'xl-stem16-c10.pkl'), str(tmp_path / 'net')]) == 0
+    assert sgxl_main(['metrics', '--network', str(tmp_path / 'net'), '--metrics', 'eqt50k_int', '--num', '8',
+                      '--batch', '4', '--device', 'cpu']) == 0
+    assert 'eqt' in capsys.readouterr().out.lower()
+    G = load_pickle(FIX / 'xl-stem16-c10.pkl', impl='ref')
+    with torch.no_grad():
+        target = G(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(1)), torch.tensor([2]))
+    from sgxl.explore import save_image
+    save_image(target[0], tmp_path / 'target.png')
+    assert sgxl_main(['invert', '--network', str(tmp_path / 'net'), '--target', str(tmp_path / 'target.png'),
+                      '--class', '2', '--steps', '3', '--pti-steps', '2', '--scale', '1', '--device', 'cpu',
+                      '--outdir', str(tmp_path / 'inv')]) == 0
+    assert (tmp_path / 'inv' / 'compare.png').exists()

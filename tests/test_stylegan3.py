@@ -156,3 +156,41 @@ def test_ops_impl_reaches_every_layer():
         G(torch.randn(1, G.z_dim))
     with pytest.raises(ValueError, match='choose'):
         G.set_ops_impl('fast')
+
+
+def test_torgb_divides_by_its_tracked_magnitude():
+    # StyleGAN3 (and the release fixtures of test_pretrained) scale ToRGB's input by 1/sqrt(magnitude EMA) too
+    torch.manual_seed(0)
+    G = Generator(z_dim=8, w_dim=16, img_resolution=16, num_layers=4, channel_base=256, channel_max=16)
+    rgb = G.synthesis.layers[-1]
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        base = G(z)
+        G(z, update_emas=True)
+    assert rgb.magnitude_ema.item() != 1.0                       # tracked while training
+    with torch.no_grad():
+        rgb.magnitude_ema.fill_(4.0)
+        for layer in G.synthesis.layers[:-1]: layer.magnitude_ema.fill_(1.0)
+        scaled = G(z)                                            # ToRGB's input divided by 2: output (minus bias) halves
+    b = rgb.bias.view(1, -1, 1, 1) * G.synthesis.output_scale
+    assert torch.allclose(scaled - b, (base - b) / 2, atol=1e-6)
+    G.synthesis.layers[-1].freeze_magnitude_ema = True
+    with torch.no_grad(): G(z, update_emas=True)
+    assert rgb.magnitude_ema.item() == 4.0
+
+
+def test_class_embedding_projection_is_fc_plus_leaky_relu():
+    m = Generator(z_dim=8, c_dim=3, w_dim=16, img_resolution=16, num_layers=4, channel_base=256, channel_max=16,
+                  embed_dim=5, embed_proj_dim=8).mapping
+    assert m.embed_proj.activation == 'lrelu' and m.fcs[0].in_features == 8 + 8
+    e = m.embed(torch.tensor([0, 1, 2]))
+    proj = e @ (m.embed_proj.weight * m.embed_proj.weight_gain).t() + m.embed_proj.bias
+    assert torch.allclose(m.embed_proj(e), torch.nn.functional.leaky_relu(proj, 0.2) * math.sqrt(2), atol=1e-6)
+    # a table may hold more rows than classes (the release keeps 1000): class i reads row i
+    emb = LabelEmbedding(3, 5, torch.randn(10, 5))
+    assert torch.equal(emb(torch.tensor([2])), emb.table[2:3])
+
+
+def test_rung_a_trains_without_style_mixing():
+    from sgxl.core import rung_diff
+    assert make_config('A').style_mixing == 0.0 and 'style_mixing' not in rung_diff('B')
