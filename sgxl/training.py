@@ -575,7 +575,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--kimg', type=float, help='training length in thousands of real images')
     p.add_argument('--batch', type=int, help='global batch over all processes')
     p.add_argument('--batch-gpu', type=int, help='images per forward pass and process (gradient accumulation below batch)')
-    p.add_argument('--snap', type=float, help='kimg between snapshots (sample grid, metrics, checkpoint)')
+    p.add_argument('--snap', type=float, help='kimg (thousands of real images) between snapshots (sample grid, '
+                   'metrics, checkpoint). Not ticks: StyleGAN3/StyleGAN-XL count --snap in ticks of 4 kimg, so '
+                   'their --snap 10 is --snap 40 here')
     p.add_argument('--metrics', help="comma-separated metrics at each snapshot, e.g. fid50k,kid50k, or 'none'")
     p.add_argument('--seed', type=int, help='random seed (default 0)')
     p.add_argument('--workers', type=int, help='DataLoader worker processes per GPU')

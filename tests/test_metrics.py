@@ -345,6 +345,6 @@ def test_metrics_cli_errors(tmp_path, capsys):
         M.metrics_main(['--network', 'x', '--metrics', 'fid50k,bogus'])
     assert e.value.code == 2 and "unknown metric 'bogus'" in capsys.readouterr().err
     assert M.metrics_main(['--network', str(tmp_path / 'x'), '--metrics', 'fid50k']) == 1   # missing network
-    assert 'no checkpoint at' in capsys.readouterr().err
+    assert 'no network at' in capsys.readouterr().err
     assert M.metrics_main(['--network', str(tmp_path), '--metrics', 'eqt8_int']) == 1        # a folder, no checkpoint
     assert 'holds no checkpoint' in capsys.readouterr().err
