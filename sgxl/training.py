@@ -134,10 +134,11 @@ def grid_latents(seed: int, z_dim: int, c_dim: int, rows: int = 4, cols: int = 8
 import signal
 import time
 
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import Config, save_image_grid, seed_everything
-from .data import infinite_loader, load
+from .data import infinite_loader, load as load_data     # (`load` is Trainer.load below)
 from .evaluate import compute_metrics
 from .metrics import check_metrics
 from .networks import init_rung
@@ -199,7 +200,7 @@ class Trainer:
 
     def set_data(self, resolution: int):
         "The dataset at `resolution` (each progressive stage has its own) and a fresh loader over it."
-        self.dataset = load(self.cfg.data, resolution=resolution, xflip=self.cfg.mirror)   # --mirror: x-flips too
+        self.dataset = load_data(self.cfg.data, resolution=resolution, xflip=self.cfg.mirror)   # --mirror: x-flips too
         self.loader = infinite_loader(self.dataset, self.batch_now()[0] // self.world, self.cfg.seed, self.rank,
                                       self.world, self.cfg.workers)
         if hasattr(self, 'rung'): self.rung.dataset = self.dataset
@@ -228,10 +229,12 @@ def check_resume_changes(changes: dict) -> dict:
     return changes
 
 # %% ../nbs/17_training.ipynb #7d3091c6
-def _trainer_state(self) -> dict:
+@patch
+def state(self: Trainer) -> dict:
     return {'rung': self.rung.state_dict(), 'loader': self.loader.state_dict(), 'rng': rng_state()}
 
-def _trainer_meta(self) -> dict:
+@patch
+def meta(self: Trainer) -> dict:
     from sgxl import __version__
     D_sources = getattr(self.rung.D, 'weights_sources', {})
     return {'config': self.cfg.to_dict(), 'step': self.step_index, 'kimg': self.rung.kimg,
@@ -241,12 +244,14 @@ def _trainer_meta(self) -> dict:
             'world_size': self.world, 'saved_at': time.strftime('%Y-%m-%d %H:%M:%S'),
             **({'init': self.init_info} if self.init_info else {})}
 
-def _trainer_save(self) -> Path | None:
+@patch
+def save(self: Trainer) -> Path | None:
     "Write a checkpoint (rank 0); the other ranks hold identical state and write nothing."
     if not self.is_main: return None
     return CheckpointManager(self.run_dir, keep=self.keep).save(self.step_index, self.state(), self.meta())
 
-def _trainer_checked(self, path: Path, read):
+@patch
+def checked(self: Trainer, path: Path, read):
     "read(path), turning a damaged checkpoint into an error that names the previous, intact one."
     try: return read(path)
     except (CheckpointError, json.JSONDecodeError, KeyError) as e:
@@ -255,7 +260,8 @@ def _trainer_checked(self, path: Path, read):
                 if earlier else '')
         raise CheckpointError(f'cannot resume from {path}: {e}.{hint}') from e
 
-def _trainer_load(self, path: Path):
+@patch
+def load(self: Trainer, path: Path):
     state, meta = self.checked(path, lambda p: load_checkpoint(p, map_location=self.device))
     self.rung.load_state_dict(state['rung'])                                   # (rebuilds a later stage's networks)
     if self.rung.resolution != self.dataset.resolution: self.set_data(self.rung.resolution)
@@ -263,14 +269,12 @@ def _trainer_load(self, path: Path):
     set_rng_state(state['rng'])
     self.step_index, self.results = int(meta['step']), dict(meta.get('metrics') or {})
 
-Trainer.state, Trainer.meta, Trainer.save, Trainer.load = _trainer_state, _trainer_meta, _trainer_save, _trainer_load
-Trainer.checked = _trainer_checked
-
 # %% ../nbs/17_training.ipynb #675d04dc
 class MetricError(RuntimeError):
     "A snapshot's metric failed; that snapshot's checkpoint is already written."
 
-def _trainer_snapshot(self) -> Path | None:
+@patch
+def snapshot(self: Trainer) -> Path | None:
     "Sample grid, checkpoint, then the metrics (into the checkpoint's metadata); returns the checkpoint path on rank 0."
     if self.is_main:
         images = torch.cat([self.rung.sample(z, c) for z, c in zip(self.grid_z.split(8),
@@ -286,7 +290,8 @@ def _trainer_snapshot(self) -> Path | None:
     if getattr(self.rung, 'progressive', False) and fid is not None and np.isfinite(fid): self.rung.record_fid(fid)
     return path
 
-def _trainer_measure(self, path: Path):
+@patch
+def measure(self: Trainer, path: Path):
     "The snapshot's metrics of G_ema: logged, and added to the metadata of checkpoint `path`."
     try:
         with torch.random.fork_rng(devices=[]):                               # the training's random state stays
@@ -300,8 +305,6 @@ def _trainer_measure(self, path: Path):
     if not self.is_main: return
     self.stats.log(self.step_index, self.rung.kimg, {f'metrics/{k}': v for k, v in results.items()})
     CheckpointManager(self.run_dir, keep=self.keep).update_meta(path, {'metrics': results, 'fid': metric_key(results)})
-
-Trainer.snapshot, Trainer.measure = _trainer_snapshot, _trainer_measure
 
 # %% ../nbs/17_training.ipynb #42a9a26b
 class _StopSignal:
@@ -320,7 +323,8 @@ class _StopSignal:
     def __exit__(self, *exc):
         for s, h in self.old.items(): signal.signal(s, h)
 
-def _trainer_run(self, max_steps: int | None = None) -> Path | None:
+@patch
+def run(self: Trainer, max_steps: int | None = None) -> Path | None:
     "Train until cfg.kimg thousand images (or `max_steps` more steps); returns the run folder (rank 0)."
     cfg, rung = self.cfg, self.rung
     total = int(cfg.kimg * 1000)
@@ -351,7 +355,8 @@ def _trainer_run(self, max_steps: int | None = None) -> Path | None:
     bar.close(); self.stats.close()
     return self.run_dir
 
-def _trainer_log_window(self, window: dict, t0: float, bar) -> dict:
+@patch
+def log_window(self: Trainer, window: dict, t0: float, bar) -> dict:
     "Average the window's stats, log them, show them on the bar; returns a fresh window."
     if not window: return {}
     means = {k: sum(v) / len(v) for k, v in window.items()}
@@ -363,14 +368,13 @@ def _trainer_log_window(self, window: dict, t0: float, bar) -> dict:
                      **{k.split('/')[-1]: f'{v:.3f}' for k, v in means.items() if k.startswith('loss/')}})
     return {}
 
-def _trainer_grow(self, bar=None):
+@patch
+def grow(self: Trainer, bar=None):
     "Next progressive stage: grow the rung, reload the data at the new resolution, checkpoint the new stage."
     resolution = self.rung.grow()
     self.set_data(resolution)
     if bar is not None: bar.set_description(f'{self.cfg.cfg}/{self.cfg.preset} {resolution}px')
     self.save()
-
-Trainer.run, Trainer.log_window, Trainer.grow = _trainer_run, _trainer_log_window, _trainer_grow
 
 # %% ../nbs/17_training.ipynb #91456f7f
 import argparse
@@ -463,7 +467,7 @@ def config_from_args(args) -> Config:
     if args.metrics is not None: overrides['metrics'] = parse_metrics(args.metrics)
     resolution = args.resolution
     if resolution is None and not re.fullmatch(r'[A-Za-z]\w*(:.*)?', args.data):
-        resolution = load(args.data).resolution                              # the files' own resolution
+        resolution = load_data(args.data).resolution                              # the files' own resolution
     if resolution is not None: overrides['resolution'] = resolution
     cfg = make_config(args.cfg, preset, **{**overrides, **parse_set(args.set)})
     check(args.up is None or cfg.progressive, f"--up {args.up}: rung {cfg.cfg} does not grow; --up sets the growth "
