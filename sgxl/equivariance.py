@@ -12,25 +12,51 @@ from typing import Callable
 import torch
 
 from .core import check, get_device
-from .metrics import MetricSpec, check_generator, gather_in_order, sample_inputs
-from .stylegan3 import FourierInput, warp_images
+from .metrics import MetricSpec, check_generator, gather_in_order, parse_metric, sample_inputs
+from .stylegan3 import FourierInput, content_transform, sample_grid
 
 # %% auto #0
-__all__ = ['EQ_MAX_TRANSLATE', 'EQ_MAX_ROTATE', 'content_transform', 'transform_images', 'fourier_input_renderer', 'psnr',
-           'equivariance_error', 'random_transforms', 'equivariance_renderer', 'equivariance_metric', 'ToyField']
+__all__ = ['EQ_MAX_TRANSLATE', 'EQ_MAX_ROTATE', 'interpolation_kernel', 'warp_images', 'transform_images',
+           'fourier_input_renderer', 'psnr', 'equivariance_error', 'random_transforms', 'equivariance_renderer',
+           'equivariance_metric', 'eq_t', 'eq_r', 'ToyField']
+
+# %% ../nbs/14_equivariance.ipynb #623c9285
+def interpolation_kernel(t: torch.Tensor, radius: int, beta: float | None = None) -> torch.Tensor:
+    """Kaiser-windowed sinc: sinc(t) * I0(beta sqrt(1 - (t/radius)^2)) / I0(beta), zero for |t| >= radius.
+    beta defaults to 1.5 * radius (a wider window affords a smoother taper: ~1e-5 error at radius 8)."""
+    beta = 1.5 * radius if beta is None else beta
+    window = torch.special.i0(beta * (1 - (t / radius).square()).clamp(min=0).sqrt()) / torch.special.i0(
+        torch.tensor(beta, dtype=t.dtype))
+    return torch.sinc(t) * window * (t.abs() < radius)
+
+def warp_images(images: torch.Tensor, transform: torch.Tensor, radius: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the content of images (N, C, H, H) by `transform` ((3, 3) or (N, 3, 3), image units) with
+    windowed-sinc interpolation. Returns (warped, valid) where valid (N, 1, H, H) marks pixels whose whole
+    interpolation footprint lies inside the source image."""
+    n, ch, h, w = images.shape
+    check(h == w, f"warp_images wants square images, got {h}x{w}")
+    inv = torch.linalg.inv(transform.double().to(images.device)).expand(n, 3, 3)
+    g = sample_grid(h, h, images.device).double()
+    gx, gy = torch.meshgrid(g, g, indexing='xy')                                 # (H, W) output pixel centres
+    pts = torch.stack([gx, gy, torch.ones_like(gx)], -1).reshape(-1, 3)         # (HW, 3)
+    src = (inv[:, None] @ pts[None, :, :, None])[..., :2, 0]                    # (N, HW, 2): T^{-1} x
+    u = src * h + h / 2 - 0.5                                                   # source positions in pixels
+    offs = torch.arange(1 - radius, radius + 1, device=images.device)           # (2r,) taps
+    idx = u.floor().long()[..., None] + offs                                    # (N, HW, 2, 2r)
+    wts = interpolation_kernel(u[..., None] - idx, radius)
+    wts = (wts / wts.sum(-1, keepdim=True)).to(images.dtype)                    # unit DC gain per axis
+    valid = ((idx >= 0) & (idx < h) | (wts == 0)).all(-1).all(-1)                # (N, HW): footprint inside
+    idx = idx.clamp(0, h - 1)
+    src_px = images.flatten(2)                                                  # (N, C, HW)
+    out = torch.zeros_like(src_px)
+    for a in range(2 * radius):                                                 # tap rows (y) ...
+        for b in range(2 * radius):                                             # ... and columns (x)
+            flat = idx[:, :, 1, a] * w + idx[:, :, 0, b]                        # (N, HW) source pixel y * W + x
+            px = torch.gather(src_px, 2, flat[:, None].expand(-1, ch, -1))      # (N, C, HW)
+            out += px * (wts[:, :, 1, a] * wts[:, :, 0, b])[:, None]
+    return out.reshape(n, ch, h, w), valid.reshape(n, 1, h, w)
 
 # %% ../nbs/14_equivariance.ipynb #6d3d15dc
-def content_transform(translate: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    "(N, 3, 3) homogeneous content transforms (image units, x right, y down): rotate by `angle` (ccw on screen), then move by `translate`."
-    n = len(angle)
-    cos, sin = angle.double().cos(), angle.double().sin()
-    m = torch.zeros(n, 3, 3, dtype=torch.float64, device=angle.device)
-    # on screen (y down) a counterclockwise turn maps $(x, y) \mapsto (x\cos\theta + y\sin\theta,\ -x\sin\theta + y\cos\theta)$
-    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = cos, sin, -sin, cos
-    m[:, :2, 2] = translate.double().to(angle.device)                     # then $+t$
-    m[:, 2, 2] = 1
-    return m
-
 def transform_images(images: torch.Tensor, translate: torch.Tensor, angle: torch.Tensor, radius: int = 8):
     "Move the content of images (N, C, H, H) by `translate` (N, 2; fractions of the size) after rotating it by `angle`: (out, valid mask)."
     out, valid = warp_images(images, content_transform(translate, angle), radius)
@@ -106,6 +132,17 @@ def equivariance_metric(spec: MetricSpec, G, render: Callable | None = None, bat
     check(count > 0, f"{spec.name}: no valid pixels; the image ({G.img_resolution} px) is too small for the transforms")
     return {spec.name: psnr(err / count)}
 
+# %% ../nbs/14_equivariance.ipynb #44af7f38
+def eq_t(G, num_samples: int = 64, fractional: bool = False, batch_size: int = 8, **kwargs) -> float:
+    "EQ-T in dB over `num_samples` samples of G: whole-pixel shifts (`eqtN_int`) or any shift (`eqtN_frac`)."
+    spec = parse_metric(f"eqt{num_samples}_{'frac' if fractional else 'int'}")
+    return equivariance_metric(spec, G, batch=batch_size, **kwargs)[spec.name]
+
+def eq_r(G, num_samples: int = 64, batch_size: int = 8, **kwargs) -> float:
+    "EQ-R in dB over `num_samples` samples of G (`eqrN`): rotations by angles uniform in [-pi, pi]."
+    spec = parse_metric(f'eqr{num_samples}')
+    return equivariance_metric(spec, G, batch=batch_size, **kwargs)[spec.name]
+
 # %% ../nbs/14_equivariance.ipynb #2d784432
 class ToyField(torch.nn.Module):
     "A toy 'generator': sinusoids with z-dependent phases, evaluated in transformed coordinates (+ a pixel-glued pattern)."
@@ -123,7 +160,7 @@ class ToyField(torch.nn.Module):
         v, u = torch.meshgrid(p, p, indexing='ij')                                # pixel centres (H, W)
         u, v = u - translate[:, 0, None, None] * res, v - translate[:, 1, None, None] * res
         cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-        sx, sy = cos * u - sin * v, sin * u + cos * v                             # content coordinates (N, H, W)
+        sx, sy = cos * u + sin * v, -sin * u + cos * v                            # $R^{-1}$: content coordinates (N, H, W)
         phase = 2 * math.pi * (sx[..., None] * self.freqs[:, 0] + sy[..., None] * self.freqs[:, 1]) + z[:, None, None]
         img = torch.einsum('nhwk,ck->nchw', phase.cos(), self.amps)               # (N, 3, H, W)
         glued = torch.cos(2 * math.pi * 0.17 * (u + translate[:, 0, None, None] * res)).expand_as(img[:, 0])

@@ -168,7 +168,8 @@ def record_tree(rec, depth: int = 0, max_depth: int = 3, name: str = 'G_ema') ->
 
 # %% ../nbs/11_pretrained.ipynb #d53d6e2f
 from .checkpoint import load_checkpoint, save_checkpoint
-from .stylegan3 import Generator, LayerSpec, SynthesisLayer, alias_free_padding, count_parameters
+from .filters import LayerSpec
+from .stylegan3 import Generator, SynthesisLayer, alias_free_padding, count_parameters
 
 NETWORK_KIND = 'sgxl-network'                    # meta['kind'] of a converted network (sgxl convert)
 SUPPORTED_CLASSES = ('Generator', 'SuperresGenerator')

@@ -290,21 +290,35 @@ def test_eq_of_sticky_texture_is_low():
         assert good > 35 and bad < 25 and good - bad > 20
 
 
-def test_eq_of_stylegan3_generator_agrees_with_its_notebook():
-    "The Fourier-input renderer: our EQ-T/EQ-R of a tiny StyleGAN3-T match sgxl.stylegan3's eq_t / eq_r."
-    from sgxl.stylegan3 import Generator, eq_r, eq_t
+def test_eq_has_one_definition_and_one_convention():
+    """EQ-T/EQ-R: the StyleGAN3 names (eq_t, eq_r) and the metrics (compute_metrics) are one computation, and the
+    metric's renderer moves a StyleGAN3 generator's content exactly as `sgxl generate --translate/--rotate` does."""
+    from sgxl.equivariance import eq_r, eq_t
+    from sgxl.explore import moved_input
+    from sgxl.stylegan3 import Generator, content_transform, rotation_matrix, translation_matrix
     torch.manual_seed(0)
     G = Generator.from_config(make_config('A', 'tiny')).eval()
     ours = E.compute_metrics(['eqt16_int', 'eqt16_frac', 'eqr16'], G, batch=8, device='cpu')
     ref = {'eqt16_int': eq_t(G, 16), 'eqt16_frac': eq_t(G, 16, fractional=True), 'eqr16': eq_r(G, 16)}
     print(ours, ref)
-    for k in ref: assert abs(ours[k] - ref[k]) < 3, (k, ours[k], ref[k])
+    assert ours == ref                                # the same numbers: one definition behind both names
     assert ours['eqt16_int'] > 60 > ours['eqr16']   # StyleGAN3-T: translation- but not rotation-equivariant
     assert torch.equal(G.synthesis.input.transform, torch.eye(3))   # the renderer left G as it was
+    # one convention: the metric's content transform is stylegan3's matrices (rotation, then translation) ...
+    t, a = torch.tensor([[0.1, -0.05]]), torch.tensor([0.6])
+    assert torch.allclose(content_transform(t, a)[0], translation_matrix(0.1, -0.05) @ rotation_matrix(0.6))
+    # ... so the metric's renderer and the explorer's moved input draw the same image for the same move
+    z = torch.randn(1, G.z_dim)
+    with torch.no_grad():
+        rendered = Q.fourier_input_renderer(G)(z, None, t, a)
+        with moved_input(G, (0.1, -0.05), math.degrees(0.6)): explored = G(z, None)
+    assert torch.allclose(rendered, explored, atol=1e-5)
     # a wrong sign convention would break the agreement: moving the content the other way gives a low score
     render = Q.fourier_input_renderer(G)
     flipped = lambda z, c, t, a: render(z, c, -t, a)
     assert E.compute_metrics(['eqt8_int'], G, device='cpu', render=flipped)['eqt8_int'] < 40
+    turned = lambda z, c, t, a: render(z, c, t, -a)
+    assert E.compute_metrics(['eqr8'], G, device='cpu', render=turned)['eqr8'] < ours['eqr16'] - 3
 
 
 def test_eq_without_renderer_is_a_clear_error():
