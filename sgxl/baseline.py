@@ -20,8 +20,8 @@ from .stylegan3 import (FullyConnected, Generator, LabelEmbedding, commit_pendin
 
 # %% auto #0
 __all__ = ['Conv2dLayer', 'DiscriminatorBlock', 'minibatch_stddev', 'ResNetDiscriminator', 'd_logistic_loss',
-           'g_nonsaturating_loss', 'r1_penalty', 'ema_beta', 'update_ema', 'prepare_images', 'lazy_adam',
-           'optimizer_params', 'Chunk', 'global_draws', 'make_chunks', 'average_buffers', 'all_reduce_grads', 'RungA']
+           'g_nonsaturating_loss', 'r1_penalty', 'ema_beta', 'update_ema', 'lazy_adam', 'optimizer_params', 'Chunk',
+           'global_draws', 'make_chunks', 'average_buffers', 'all_reduce_grads', 'RungA']
 
 # %% ../nbs/04_config_a.ipynb #baf697c5
 class Conv2dLayer(nn.Module):
@@ -167,11 +167,7 @@ from typing import Callable, Iterator
 
 from fastcore.basics import patch
 
-def prepare_images(images: torch.Tensor, device) -> torch.Tensor:
-    "uint8 [0, 255] or float [-1, 1] images -> float32 [-1, 1] on `device`."
-    check(isinstance(images, torch.Tensor) and images.ndim == 4, "real images must be a tensor (N, C, H, W)")
-    if images.dtype == torch.uint8: images = images.float() / 127.5 - 1
-    return images.to(device=device, dtype=torch.float32)
+from .data import prepare_images
 
 def lazy_adam(params, lr: float, betas, eps: float, interval: int, active: bool) -> torch.optim.Adam:
     """Adam for a network with a lazy regulariser every `interval` steps: lr and betas scaled by

@@ -29,7 +29,7 @@ __all__ = ['IMAGE_EXTS', 'META_FILES', 'SCAN_LIMIT', 'DECODER', 'SHAPES_CLASSES'
            'is_hidden', 'FileSource', 'read_json', 'read_classes', 'read_labels', 'image_header', 'check_header',
            'ImageDataset', 'decode_image', 'downsample', 'FileDataset', 'shape_sdf', 'texture', 'hsv_to_rgb',
            'shapes_params', 'render_shapes', 'ShapesDataset', 'parse_builtin', 'is_builtin', 'load',
-           'epoch_permutation', 'InfiniteSampler', 'InfiniteLoader', 'infinite_loader']
+           'epoch_permutation', 'InfiniteSampler', 'InfiniteLoader', 'infinite_loader', 'prepare_images']
 
 # %% ../nbs/03_data.ipynb #8a8d5c78
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')   # what the reader accepts (case-insensitive)
@@ -532,3 +532,10 @@ def infinite_loader(dataset, batch: int, seed: int = 0, rank: int = 0, world_siz
     "Endless seeded batches of `dataset` (a dataset or anything `load` takes) for rank `rank` of `world_size`."
     ds = dataset if isinstance(dataset, torch.utils.data.Dataset) else load(dataset)
     return InfiniteLoader(ds, batch, seed, rank, world_size, workers, position, **kw)
+
+# %% ../nbs/03_data.ipynb #719ff20e
+def prepare_images(images: torch.Tensor, device) -> torch.Tensor:
+    "uint8 [0, 255] or float [-1, 1] images -> float32 [-1, 1] on `device`."
+    check(isinstance(images, torch.Tensor) and images.ndim == 4, "real images must be a tensor (N, C, H, W)")
+    if images.dtype == torch.uint8: images = images.float() / 127.5 - 1
+    return images.to(device=device, dtype=torch.float32)
