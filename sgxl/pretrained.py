@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core import check
+from .core import cache_home, check
 
 # %% auto #0
 __all__ = ['NETWORK_KIND', 'SUPPORTED_CLASSES', 'UnsafePickleError', 'PickleFormatError', 'PersistentRecord', 'Opaque',
-           'opaque_class', 'ReleaseUnpickler', 'read_release', 'record_tree', 'release_parameter_count',
-           'synthesis_layers', 'release_schedule', 'network_spec', 'build_network', 'release_state', 'sd_synthesis',
-           'check_filters', 'generator_from_release', 'load_pickle', 'convert', 'network_json', 'is_network_path',
-           'cache_dir', 'converted', 'load_network_file', 'convert_parser', 'convert_main']
+           'opaque_class', 'ReleaseUnpickler', 'read_release', 'record_tree', 'release_parameter_count', 'OneHotLabels',
+           'synthesis_layers', 'release_schedule', 'label_spec', 'network_spec', 'build_network', 'release_state',
+           'sd_synthesis', 'check_filters', 'generator_from_release', 'load_pickle', 'convert', 'network_json',
+           'is_network_path', 'cache_dir', 'converted', 'load_network_file', 'convert_parser', 'convert_main']
 
 # %% ../nbs/15_pretrained.ipynb #89b3fd78
 class UnsafePickleError(ValueError):
@@ -199,6 +199,22 @@ def release_parameter_count(rec) -> int:
     own = sum(t.numel() for t in (state.get('_parameters') or {}).values() if isinstance(t, torch.Tensor))
     return own + sum(release_parameter_count(m) for m in (state.get('_modules') or {}).values())
 
+# %% ../nbs/15_pretrained.ipynb #b7c1e2a4
+from .stylegan3 import labels_to_onehot
+
+class OneHotLabels(torch.nn.Module):
+    """StyleGAN3's label input: the one-hot rows themselves, no parameters. In front of a linear `embed_proj`
+    (c_dim -> w_dim) it makes sgxl's label path StyleGAN3's one FC on the one-hot label."""
+    def __init__(self, c_dim: int):
+        super().__init__()
+        self.c_dim = self.embed_dim = c_dim                             # embed_dim: what `set_embedding` checks
+        self.register_buffer('device_anchor', torch.zeros(0), persistent=False)   # follows G.to(device); not saved
+
+    def forward(self, c) -> torch.Tensor:                               # (N,) or (N, c_dim) -> (N, c_dim)
+        return labels_to_onehot(c, self.c_dim, self.device_anchor.device)
+
+    def extra_repr(self): return f'{self.c_dim} classes, one-hot'
+
 # %% ../nbs/15_pretrained.ipynb #cfa40898
 def synthesis_layers(G_rec: PersistentRecord) -> list[tuple[str, PersistentRecord]]:
     "(name, record) of the synthesis layers in order, ToRGB last; refuses StyleGAN3-R and unknown layouts."
@@ -248,6 +264,30 @@ def _uniform(layers, fn, what: str):
           f"one for all layers", PickleFormatError)
     return values.pop()
 
+def label_spec(mapping: PersistentRecord, z_dim: int, c_dim: int) -> dict:
+    """How a conditional release mapping network embeds its labels, as sgxl's `embed_*` values: StyleGAN-XL's
+    table (an nn.Embedding, 1000 rows) and projection, or StyleGAN3's one linear layer on the one-hot label."""
+    embed = mapping.modules.get('embed')
+    if isinstance(embed, Opaque) and embed.qualname.endswith('Embedding') and 'embed_proj' in mapping.modules:
+        table, proj = _tensor(embed, 'weight'), _rec(mapping, 'embed_proj').state     # table (rows, embed_dim)
+        return dict(embed_kind='table', embed_rows=int(table.shape[0]), embed_dim=int(table.shape[1]),
+                    embed_proj_dim=int(_num(proj['out_features'])), embed_activation=str(proj['activation']))
+    found = getattr(embed, 'class_name', None) or getattr(embed, 'qualname', None) or type(embed).__name__
+    check(isinstance(embed, PersistentRecord) and embed.class_name == 'FullyConnectedLayer', f"a conditional mapping "
+          f"network whose label layer `mapping.embed` is a {found}: sgxl reads StyleGAN-XL's (an nn.Embedding table "
+          f"and `embed_proj`) and StyleGAN3's (one FullyConnectedLayer on the one-hot label)", PickleFormatError)
+    s, weight = embed.state, _tensor(embed, 'weight')                      # weight (embed_features, c_dim)
+    n_in, n_out = int(_num(s['in_features'])), int(_num(s['out_features']))
+    check(n_in == c_dim and tuple(weight.shape) == (n_out, c_dim), f"the label layer mapping.embed takes {n_in} "
+          f"classes (weight {tuple(weight.shape)}) but the network says c_dim={c_dim}: the file is inconsistent "
+          f"(damaged or edited); use the release file as downloaded", PickleFormatError)
+    check(str(s.get('activation', 'linear')) == 'linear', f"mapping.embed has activation {s.get('activation')!r}: "
+          f"StyleGAN3's label layer is linear", PickleFormatError)
+    fc0_in = int(_num(_rec(mapping, 'fc0').state['in_features']))
+    check(fc0_in == z_dim + n_out, f"mapping.fc0 takes {fc0_in} inputs, not z_dim + embed_features = {z_dim} + "
+          f"{n_out}: an unknown mapping layout", PickleFormatError)
+    return dict(embed_kind='onehot', embed_rows=0, embed_dim=c_dim, embed_proj_dim=n_out, embed_activation='linear')
+
 def network_spec(G_rec: PersistentRecord) -> dict:
     "Everything that fixes the architecture of sgxl's twin of a release generator, as JSON-able values."
     layers, mapping, syn = synthesis_layers(G_rec), _rec(G_rec, 'mapping', ['MappingNetwork']), _rec(G_rec, 'synthesis')
@@ -256,16 +296,8 @@ def network_spec(G_rec: PersistentRecord) -> dict:
     spec = dict(z_dim=int(_num(m['z_dim'])), c_dim=c_dim, w_dim=w_dim, mapping_layers=int(_num(m['num_layers'])),
                 mapping_lr_mult=float(_num(_rec(mapping, 'fc0').state['bias_gain'])),
                 w_avg_beta=float(_num(m.get('w_avg_beta', 0.998))),
-                embed_rows=0, embed_dim=512, embed_proj_dim=512, embed_activation='lrelu')
-    if c_dim:
-        embed = mapping.modules.get('embed')
-        check(isinstance(embed, Opaque) and embed.qualname.endswith('Embedding') and 'embed_proj' in mapping.modules,
-              f"a conditional mapping network whose label embedding is a {getattr(embed, 'class_name', None) or embed!r}"
-              f": sgxl reads StyleGAN-XL's (an nn.Embedding table and a projection); a conditional StyleGAN3 "
-              f"network (one linear label layer) is not supported", PickleFormatError)
-        table, proj = _tensor(embed, 'weight'), _rec(mapping, 'embed_proj').state
-        spec.update(embed_rows=int(table.shape[0]), embed_dim=int(table.shape[1]),
-                    embed_proj_dim=int(_num(proj['out_features'])), embed_activation=str(proj['activation']))
+                embed_kind='table', embed_rows=0, embed_dim=512, embed_proj_dim=512, embed_activation='lrelu')
+    if c_dim: spec.update(label_spec(mapping, spec['z_dim'], c_dim))
     l0 = layers[0][1].state
     spec.update(
         img_resolution=int(_num(syn.state['img_resolution'])), img_channels=int(_num(syn.state['img_channels'])),
@@ -289,7 +321,9 @@ def build_network(spec: dict) -> Generator:
                   mapping_layers=spec['mapping_layers'], mapping_lr_mult=spec['mapping_lr_mult'],
                   embed_dim=spec['embed_dim'], embed_proj_dim=spec['embed_proj_dim'], w_avg_beta=spec['w_avg_beta'],
                   embed_activation=spec['embed_activation'])
-    if spec['c_dim'] and spec['embed_rows'] > spec['c_dim']:                 # the release's whole table (e.g. 1000 rows)
+    if spec['c_dim'] and spec.get('embed_kind', 'table') == 'onehot':     # StyleGAN3: FC on the one-hot label
+        G.mapping.set_embedding(OneHotLabels(spec['c_dim']))
+    elif spec['c_dim'] and spec['embed_rows'] > spec['c_dim']:              # the release's whole table (e.g. 1000 rows)
         G.mapping.embed.table = torch.nn.Parameter(torch.zeros(spec['embed_rows'], spec['embed_dim']))
     return G.eval()
 
@@ -308,7 +342,9 @@ def release_state(G_rec: PersistentRecord, G: Generator) -> tuple[dict[str, torc
     for i, fc in enumerate(G.mapping.fcs): _fc(sd, f'mapping.fcs.{i}', _rec(mapping, f'fc{i}'), fc)
     w_avg = _tensor(mapping, 'w_avg', 'buffers')
     sd['mapping.w_avg_count'] = torch.ones([])
-    if G.c_dim:
+    if G.c_dim and isinstance(G.mapping.embed, OneHotLabels):             # StyleGAN3: its label FC is our embed_proj
+        _fc(sd, 'mapping.embed_proj', _rec(mapping, 'embed', ['FullyConnectedLayer']), G.mapping.embed_proj)
+    elif G.c_dim:
         sd['mapping.embed.table'] = _tensor(mapping.modules['embed'], 'weight')
         _fc(sd, 'mapping.embed_proj', _rec(mapping, 'embed_proj'), G.mapping.embed_proj)
         if w_avg.ndim == 2:                                                   # StyleGAN-XL: one mean per class
@@ -399,9 +435,8 @@ def is_network_path(path) -> bool:
     return Path(path).suffix == '.pkl' or network_json(path) is not None
 
 def cache_dir() -> Path:
-    "Where pickles given to --network are converted: $SGXL_CACHE_DIR/networks (else ~/.cache/sgxl/networks)."
-    root = os.environ.get('SGXL_CACHE_DIR') or Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache') / 'sgxl'
-    return Path(root).expanduser() / 'networks'
+    "Where pickles given to --network are converted: sgxl's cache folder (`cache_home`), then networks/."
+    return cache_home('networks')
 
 def converted(pkl) -> Path:
     "The network.json of release file `pkl`, converting it into the cache on first use."

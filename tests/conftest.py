@@ -28,6 +28,21 @@ def pytest_report_header(config):
     return f'sgxl: {torch.get_num_threads()} torch CPU threads (SGXL_TEST_THREADS={THREADS})'
 
 
+NOTEBOOK_BUDGET_S = 60      # every notebook runs in under a minute on 2 cores (issue 19)
+
+
+def pytest_terminal_summary(terminalreporter):
+    "Each notebook's run time (tests/test_notebooks.py), slowest first, those over the budget marked."
+    times = [(r.nodeid.split('[')[-1].rstrip(']'), dict(r.user_properties)['notebook_seconds'])
+             for key in ('passed', 'failed') for r in terminalreporter.stats.get(key, [])
+             if r.when == 'call' and 'notebook_seconds' in dict(r.user_properties)]
+    if not times: return
+    terminalreporter.section(f'notebook times (budget {NOTEBOOK_BUDGET_S} s each, {THREADS} torch thread(s))')
+    for name, secs in sorted(times, key=lambda t: -t[1]):
+        terminalreporter.write_line(f'{name:28s} {secs:6.1f} s' + ('   over budget' if secs > NOTEBOOK_BUDGET_S else ''))
+    terminalreporter.write_line(f'{"total":28s} {sum(t for _, t in times):6.1f} s')
+
+
 @pytest.fixture(autouse=True)
 def _fixed_threads():
     "Every test starts with the session's thread count (a test may change it for itself)."
@@ -50,7 +65,10 @@ def sleeps(monkeypatch) -> list:
     return asked
 
 # Caches (class embeddings, guidance probes, metric statistics, ...) go to a per-session folder, not the
-# user's ~/.cache/sgxl -- except the compiled ops, whose cache CI warms with tools/build_ops.py.
+# user's ~/.cache/sgxl -- except the compiled ops, whose cache CI warms with tools/build_ops.py: SGXL_OPS_CACHE
+# pins them to the folder they would use without the session's SGXL_CACHE_DIR.
 if 'SGXL_CACHE_DIR' not in os.environ:
     import tempfile
+    from sgxl.core import cache_home
+    os.environ.setdefault('SGXL_OPS_CACHE', str(cache_home('ops')))
     os.environ['SGXL_CACHE_DIR'] = tempfile.mkdtemp(prefix='sgxl-test-cache-')

@@ -6,6 +6,7 @@ process (no state leaks from one notebook to the next) and its traceback becomes
 process uses the session's torch thread count (SGXL_TEST_THREADS, tests/conftest.py), as every other test does.
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,11 @@ def test_notebooks_found():
 
 
 @pytest.mark.parametrize('nb', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook(nb: Path):
+def test_notebook(nb: Path, record_property):
     env = {**os.environ, 'MPLBACKEND': 'Agg', 'HF_HUB_OFFLINE': '1', 'PYTHONWARNINGS': 'ignore'}
     proc = subprocess.run([sys.executable, '-c', RUNNER, str(nb), os.environ.get('SGXL_NB_FLAGS', '')],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    m = re.search(r': (?:ok|FAILED) in ([0-9.]+)s', proc.stdout)
+    if m: record_property('notebook_seconds', float(m.group(1)))   # printed after the run (tests/conftest.py)
     if proc.returncode != 0:
         pytest.fail(f'{nb.name} failed:\n{proc.stderr[-8000:]}\n{proc.stdout[-2000:]}', pytrace=False)

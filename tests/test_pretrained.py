@@ -217,3 +217,162 @@ def test_metrics_and_invert_take_converted_networks(tmp_path, capsys):
                       '--class', '2', '--steps', '3', '--pti-steps', '2', '--scale', '1', '--device', 'cpu',
                       '--outdir', str(tmp_path / 'inv')]) == 0
     assert (tmp_path / 'inv' / 'compare.png').exists()
+
+
+# --- conditional StyleGAN3-T -------------------------------------------------------------------------------------
+# No conditional StyleGAN3 file made by the original code is among the fixtures. These tests build one in the
+# release format from the unconditional fixture (a label layer added as the StyleGAN3 release lays it out) and check
+# the loaded generator (1) against StyleGAN3's mapping formula written out below in plain torch from the raw
+# tensors, (2) with zero label columns, against the original code's stored outputs of the unconditional fixture.
+
+import copy
+import math
+import types
+from collections import OrderedDict
+from unittest import mock
+
+import torch.nn.functional as F
+
+from sgxl.core import to_uint8
+from sgxl.explore import z_from_seeds
+
+
+def _persistent_obj(meta):
+    raise AssertionError('only named in the pickles written here, never called')
+
+
+_persistent_obj.__module__, _persistent_obj.__name__ = 'torch_utils.persistence', '_reconstruct_persistent_obj'
+_persistent_obj.__qualname__ = '_reconstruct_persistent_obj'
+
+
+class _ReleaseWriter(pickle.Pickler):
+    "Pickles each PersistentRecord as the release files do: a call of _reconstruct_persistent_obj(meta)."
+    def reducer_override(self, obj):
+        if not isinstance(obj, PersistentRecord): return NotImplemented
+        meta = dict(type='class', version=obj.version, module_src='# source code removed', class_name=obj.class_name,
+                    state=obj.state)
+        return _persistent_obj, (meta,)
+
+
+def write_release(data: dict, path: Path) -> Path:
+    "`data` (records, tensors, a torch.nn D) as a release pickle; torch_utils exists only while writing."
+    mod, pkg = types.ModuleType('torch_utils.persistence'), types.ModuleType('torch_utils')
+    mod._reconstruct_persistent_obj, pkg.persistence = _persistent_obj, mod
+    with mock.patch.dict(sys.modules, {'torch_utils': pkg, 'torch_utils.persistence': mod}), open(path, 'wb') as f:
+        _ReleaseWriter(f, protocol=4).dump(data)
+    return path
+
+
+def conditional_sg3t(path: Path, c_dim: int = 10, seed: int = 0, zero_columns: bool = False,
+                     embed_inputs: int | None = None) -> tuple[Path, dict]:
+    """sg3t-32.pkl made conditional as StyleGAN3's MappingNetwork is: `mapping.embed`, a FullyConnectedLayer
+    (c_dim -> w_dim, linear, lr multiplier 1, gains 1/sqrt(c_dim) and 1), and fc0 reading [norm z, norm embed]
+    (z_dim + w_dim inputs). fc0's z columns are rescaled by sqrt((z_dim + w_dim) / z_dim), since its weight gain
+    0.01/sqrt(fan-in) falls by as much: with zero label columns fc0 computes what the fixture's fc0 did.
+    Returns (the pickle written at `path`, the raw tensors)."""
+    data = read_release(FIX / 'sg3t-32.pkl')
+    g = data['G_ema']
+    m = g.modules['mapping']
+    fc0, fc1 = m.modules['fc0'], m.modules['fc1']
+    z_dim, w_dim = int(m.state['z_dim']), int(m.state['w_dim'])
+    gen = torch.Generator().manual_seed(seed)
+    label_cols = torch.zeros(w_dim, w_dim) if zero_columns else torch.randn(w_dim, w_dim, generator=gen) * 100
+    w0 = torch.cat([fc0.parameters['weight'].detach() * math.sqrt((z_dim + w_dim) / z_dim), label_cols], 1)
+    n_in = c_dim if embed_inputs is None else embed_inputs
+    embed_w, embed_b = torch.randn(w_dim, n_in, generator=gen), torch.randn(w_dim, generator=gen) * 0.2
+    embed = PersistentRecord('FullyConnectedLayer', fc0.version, copy.deepcopy(fc0.state))
+    embed.state['_parameters'] = OrderedDict(weight=torch.nn.Parameter(embed_w), bias=torch.nn.Parameter(embed_b))
+    embed.state.update(in_features=n_in, out_features=w_dim, activation='linear', weight_gain=np.float64(1 / math.sqrt(n_in)),
+                       bias_gain=1, _init_args=(n_in, w_dim), _init_kwargs={})
+    fc0.state['_parameters']['weight'] = torch.nn.Parameter(w0)
+    fc0.state.update(in_features=z_dim + w_dim, weight_gain=np.float64(0.01 / math.sqrt(z_dim + w_dim)),
+                     _init_args=(z_dim + w_dim, w_dim))
+    m.state.pop('embed')                                         # None when unconditional, else a sub-module
+    m.state['_modules'] = OrderedDict(embed=embed, **m.state['_modules'])
+    for rec in (g, m): rec.state['c_dim'] = rec.state['_init_kwargs']['c_dim'] = c_dim
+    data.update(G=g, D=torch.nn.Identity(), training_set_kwargs=dict(data['training_set_kwargs'], use_labels=True))
+    raw = dict(embed_w=embed_w, embed_b=embed_b, w_avg=m.buffers['w_avg'].detach(),
+               fcs=[(w0, fc0.parameters['bias'].detach()), (fc1.parameters['weight'].detach(), fc1.parameters['bias'].detach())])
+    return write_release(data, path), raw
+
+
+def mapping_formula(raw: dict, z: torch.Tensor, c: torch.Tensor, psi: float) -> torch.Tensor:
+    "StyleGAN3's conditional mapping, in float64 from the raw tensors: w' (N, w_dim) = w_avg + psi (w - w_avg)."
+    norm = lambda v: v / (v.square().mean(1, keepdim=True) + 1e-8).sqrt()      # 2nd-moment normalisation
+    onehot = F.one_hot(c, raw['embed_w'].shape[1]).double()                     # (N, c_dim)
+    y = onehot @ (raw['embed_w'].double() / math.sqrt(onehot.shape[1])).T + raw['embed_b'].double()   # (N, w_dim)
+    x = torch.cat([norm(z.double()), norm(y)], 1)                               # (N, z_dim + w_dim)
+    for weight, bias in raw['fcs']:                                             # lr multiplier 0.01, lrelu gain sqrt 2
+        x = F.leaky_relu(x @ (weight.double() * 0.01 / math.sqrt(weight.shape[1])).T + 0.01 * bias.double(), 0.2) * math.sqrt(2)
+    w_avg = raw['w_avg'].double()
+    return w_avg + psi * (x - w_avg)
+
+
+def test_conditional_stylegan3_follows_the_mapping_formula(tmp_path):
+    pkl, raw = conditional_sg3t(tmp_path / 'cond.pkl')
+    g = read_release(pkl)['G_ema']
+    G, spec = generator_from_release(g)
+    G.set_ops_impl('ref')
+    assert spec['c_dim'] == 10 and spec['embed_kind'] == 'onehot' and count_parameters(G) == release_parameter_count(g)
+    z = torch.randn(6, 64, generator=torch.Generator().manual_seed(5))
+    for classes in ([0, 3, 7, 9, 9, 1], [2, 2, 5, 8, 4, 6]):
+        c = torch.tensor(classes)
+        for psi in (1.0, 0.6, 0.0):                                  # 0.6, 0: toward the file's one global w_avg
+            want = mapping_formula(raw, z, c, psi).float()           # (N, w_dim)
+            with torch.no_grad():
+                ws = G.mapping(z, c, truncation_psi=psi)             # (N, num_ws, w_dim)
+                img = G(z, c, truncation_psi=psi)
+                ref = G.synthesis(want[:, None].repeat(1, G.num_ws, 1))
+            assert float((ws - want[:, None]).abs().max()) <= 1e-5 * float(want.abs().max())
+            assert float((img - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+    with torch.no_grad():                                            # the label matters, and one-hot rows = indices
+        assert float((G(z, torch.zeros(6, dtype=torch.long)) - G(z, torch.full((6,), 4))).abs().mean()) > 1e-2
+        assert torch.equal(G(z, F.one_hot(c, 10).float()), G(z, c))
+
+
+def test_conditional_stylegan3_with_zero_label_columns_reproduces_the_original_outputs(tmp_path):
+    # fc0 ignores the label: the network is the unconditional fixture, whose outputs the original code computed
+    G = load_pickle(conditional_sg3t(tmp_path / 'cond0.pkl', zero_columns=True)[0], impl='ref')
+    z = torch.from_numpy(OUTPUTS['z'])
+    for psi in (1.0, 0.6):
+        ref = torch.from_numpy(OUTPUTS[f'sg3t_psi{psi}'])
+        for c in (torch.tensor([0, 1, 2, 3]), torch.tensor([9, 9, 5, 0])):
+            with torch.no_grad(): img = G(z, c, truncation_psi=psi)
+            assert float((img - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+
+
+def test_conditional_stylegan3_wrong_class_counts_are_clear_errors(tmp_path, capsys):
+    pkl, _ = conditional_sg3t(tmp_path / 'cond.pkl', c_dim=10)
+    G = load_pickle(pkl, impl='ref')
+    z = torch.randn(2, 64)
+    with pytest.raises(ValueError, match=r'class indices must lie in 0\.\.9'):
+        G(z, torch.tensor([3, 10]))
+    with pytest.raises(ValueError, match=r'one-hot rows \(N, 10\)'):
+        G(z, torch.zeros(2, 12))
+    assert sgxl_main(['generate', '--network', str(pkl), '--seeds', '0', '--class', '10', '--outdir', str(tmp_path / 'o')]) == 1
+    assert 'class 10 is out of range: this network has 10 classes' in capsys.readouterr().err
+    bad, _ = conditional_sg3t(tmp_path / 'bad.pkl', c_dim=10, embed_inputs=12)  # a label layer for 12 classes
+    with pytest.raises(PickleFormatError, match=r'takes 12 classes .* c_dim=10'):
+        load_pickle(bad)
+
+
+def test_conditional_stylegan3_convert_and_generate_end_to_end(tmp_path, capsys):
+    pkl, raw = conditional_sg3t(tmp_path / 'cond.pkl', seed=3)
+    assert sgxl_main(['convert', str(pkl), str(tmp_path / 'net')]) == 0
+    assert 'Generator 32x32, 10 classes' in capsys.readouterr().out
+    G1, G2 = load_pickle(pkl, impl='ref'), load_network_file(tmp_path / 'net')[0].set_ops_impl('ref')
+    z = torch.randn(3, 64)
+    with torch.no_grad():
+        assert torch.equal(G1(z, torch.tensor([1, 5, 8]), truncation_psi=0.6), G2(z, torch.tensor([1, 5, 8]), truncation_psi=0.6))
+    # --mean-samples 0: truncation toward the file's w_avg, as the original code truncates
+    for network in (pkl, tmp_path / 'net'):
+        out = tmp_path / f'out-{Path(network).name}'
+        assert sgxl_main(['generate', '--network', str(network), '--seeds', '0-1', '--class', '3', '--trunc', '0.6',
+                          '--mean-samples', '0', '--outdir', str(out)]) == 0
+        zs, _ = z_from_seeds(G1, [0, 1])
+        with torch.no_grad():
+            want = G1.synthesis(mapping_formula(raw, zs, torch.tensor([3, 3]), 0.6).float()[:, None].repeat(1, G1.num_ws, 1))
+        from PIL import Image
+        for i, seed in enumerate((0, 1)):
+            png = torch.from_numpy(np.asarray(Image.open(out / f'seed{seed:04d}-class03.png'))).permute(2, 0, 1).int()
+            assert int((png - to_uint8(want[i]).int()).abs().max()) <= 1     # one level of rounding

@@ -5,8 +5,9 @@
 
 The text form: cells separated by lines `# %%` (code) or `# %% [markdown]`
 (markdown, each line prefixed by `# `); `id=...` after the marker keeps the cell's id, so a
-round trip changes only the cells you edit (new cells get an id from nbdev-clean). After to-nb, run
-nbdev-clean before nbdev-export. The .ipynb stays the source of truth;
+round trip changes only the cells you edit (new cells get an id from nbdev-clean); a code cell whose id and
+source are unchanged keeps its committed outputs, an edited cell loses them until the notebook is executed again
+(`python tools/run_notebooks.py nbs/X.ipynb`). After to-nb, run nbdev-clean before nbdev-export. The .ipynb stays the source of truth;
 the .py form is a scratch file for editing (gitignored under nbs/).
 """
 import json, re, sys
@@ -24,6 +25,13 @@ def _cell(kind, lines, cid=None):
     if kind == 'code': cell.update(execution_count=None, outputs=[])
     return cell
 
+def _kept_outputs(path):
+    "The outputs of the existing notebook's code cells, by (id, source): unchanged cells keep them."
+    if not path.exists(): return {}
+    old = json.loads(path.read_text())
+    return {(c.get('id'), ''.join(c['source'])): c.get('outputs', [])
+            for c in old['cells'] if c['cell_type'] == 'code' and c.get('outputs')}
+
 def to_nb(path):
     cells, kind, buf, cid = [], None, [], None
     for line in Path(path).read_text().splitlines():
@@ -34,9 +42,12 @@ def to_nb(path):
             cid = m.group(1) if m else None
         else: buf.append(line)
     if kind: cells.append(_cell(kind, buf, cid))
+    out = Path(path).with_suffix('.ipynb')
+    kept = _kept_outputs(out)
+    for c in cells:
+        if c['cell_type'] == 'code': c['outputs'] = kept.get((c.get('id'), ''.join(c['source'])), [])
     nb = {'cells': cells, 'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}},
           'nbformat': 4, 'nbformat_minor': 5}
-    out = Path(path).with_suffix('.ipynb')
     out.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
     return out
 

@@ -1,0 +1,79 @@
+"""Execute notebooks and save their outputs in place, so that a student reading them on the web sees the figures.
+
+    python tools/run_notebooks.py                 # every notebook in nbs/
+    python tools/run_notebooks.py nbs/04_*.ipynb  # some of them
+
+Each notebook runs in its own process with one torch thread (the test suite's setting, tests/conftest.py), skipping
+the cells flagged with the project's `tst_flags` (`#| slow`, `#| cuda`): those cells keep no output, and the
+notebook shows a committed figure beside them instead. Outputs are written only when the whole notebook succeeds;
+then `nbdev-clean` strips metadata and execution counts (outputs are kept: `clear_all = false` in pyproject.toml).
+Prints each notebook's time and the size of its outputs, and exits non-zero if a notebook fails or its outputs are
+larger than --max-kb (no large arrays in the repository).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUNNER = r'''
+import os, sys
+import torch
+torch.set_num_threads(int(os.environ['SGXL_TEST_THREADS']))
+from nbdev.config import get_config
+from nbdev.test import test_nb
+cfg = get_config()
+skip = cfg.tst_flags.split() if isinstance(cfg.tst_flags, str) else list(cfg.tst_flags)
+ok, secs = test_nb(sys.argv[1], skip_flags=skip, basepath=str(cfg.config_path), save=True)
+sys.exit(0 if ok else 1)
+'''
+
+
+def output_bytes(nb_path: Path) -> int:
+    "Bytes of JSON the notebook's cell outputs take."
+    nb = json.loads(nb_path.read_text())
+    return sum(len(json.dumps(c.get('outputs', []))) for c in nb['cells'] if c['cell_type'] == 'code')
+
+
+def run_one(nb: Path, threads: int) -> tuple:
+    "Execute `nb` in a fresh process, saving outputs on success; returns (ok, seconds, stderr tail)."
+    env = {**os.environ, 'MPLBACKEND': 'Agg', 'HF_HUB_OFFLINE': '1', 'PYTHONWARNINGS': 'ignore',
+           'SGXL_TEST_THREADS': str(threads), 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads),
+           'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}
+    start = time.time()
+    proc = subprocess.run([sys.executable, '-c', RUNNER, str(nb)], cwd=ROOT, env=env, capture_output=True, text=True)
+    return proc.returncode == 0, time.time() - start, proc.stderr[-4000:]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('notebooks', nargs='*', type=Path, help='notebooks to run (default: every nbs/*.ipynb)')
+    p.add_argument('--threads', type=int, default=int(os.environ.get('SGXL_TEST_THREADS', '1')),
+                   help='torch CPU threads per notebook (default 1, as the tests)')
+    p.add_argument('--max-kb', type=int, default=400, help='largest allowed outputs per notebook, in KiB (default 400)')
+    args = p.parse_args(argv)
+    nbs = [n.resolve() for n in args.notebooks] or sorted((ROOT / 'nbs').glob('*.ipynb'))
+    failed = []
+    for nb in nbs:
+        if not nb.exists():
+            print(f'no notebook at {nb}'); failed.append(nb.name); continue
+        ok, secs, err = run_one(nb, args.threads)
+        if ok:
+            subprocess.run(['nbdev-clean', '--fname', str(nb)], cwd=ROOT, check=True)
+            kb = output_bytes(nb) / 1024
+            big = kb > args.max_kb
+            print(f'{nb.name:32s} {secs:6.1f} s  outputs {kb:7.1f} KiB{"  TOO LARGE (--max-kb)" if big else ""}', flush=True)
+            if big: failed.append(nb.name)
+        else:
+            print(f'{nb.name:32s} {secs:6.1f} s  FAILED (outputs not written)\n{err}', flush=True)
+            failed.append(nb.name)
+    if failed: print('failed:', ' '.join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
