@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import LITE0, Config, atomic_write, check, get_device
+from .core import LITE0, Config, atomic_write, cache_home, check, get_device
 from .data import load, prepare_images
 from .features import FeatureNetwork
 from .projected import ClassEmbedding, ProjectedDiscriminator, RungB, projected_discriminator
@@ -28,7 +28,7 @@ from .stylegan3 import Generator, LabelEmbedding
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'pooled_features', 'class_sums', 'class_means', 'check_labelled', 'user_cache_dir', 'cache_folders',
+__all__ = ['CACHE_VERSION', 'pooled_features', 'class_sums', 'class_means', 'check_labelled', 'cache_folders',
            'weights_fingerprint', 'embedding_key', 'table_filename', 'save_class_embeddings', 'load_class_embeddings',
            'read_cached', 'write_cached', 'accumulate_class_features', 'class_embeddings', 'apply_class_embeddings',
            'ConditionalModels', 'rung_c_models', 'embeddings_main', 'RungC']
@@ -82,15 +82,10 @@ def check_labelled(dataset) -> int:
 # %% ../nbs/06_config_c.ipynb #40422833
 CACHE_VERSION = 1    # bump when the computation changes: old tables are then ignored
 
-def user_cache_dir() -> Path:
-    "sgxl's cache folder: $SGXL_CACHE_DIR, else $XDG_CACHE_HOME/sgxl, else ~/.cache/sgxl."
-    if os.environ.get('SGXL_CACHE_DIR'): return Path(os.environ['SGXL_CACHE_DIR']).expanduser()
-    return Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache').expanduser() / 'sgxl'
-
 def cache_folders(dataset, cache_dir=None) -> list[Path]:
     "Where the table of `dataset` may live, in order: `cache_dir`; else beside a file dataset, then the user cache."
     if cache_dir is not None: return [Path(cache_dir).expanduser()]
-    user = user_cache_dir() / 'embeddings'
+    user = cache_home('embeddings')
     root = getattr(dataset, 'root', None)
     if root is None: return [user]
     root = Path(root).expanduser().resolve()
@@ -272,7 +267,7 @@ def embeddings_main(argv: list[str]) -> int:
         prog='sgxl embeddings', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Compute the pretrained class embeddings of rung C: per class, the mean of lite0\'s pooled '
                     'lowest-resolution (320-channel) features over the class\'s images. Cached beside the '
-                    'dataset (or in $SGXL_CACHE_DIR / ~/.cache/sgxl for built-ins); a second run only loads it.',
+                    'dataset (or, for built-ins, in the sgxl cache folder: $SGXL_CACHE_DIR, $XDG_CACHE_HOME/sgxl or ~/.cache/sgxl); a second run only loads it.',
         epilog='examples:\n  sgxl embeddings imagenet128.zip\n'
                '  sgxl embeddings shapes:num_images=2000 --resolution 32 --feature-resolution 64')
     p.add_argument('data', help="a dataset folder or .zip (with dataset.json labels), or 'shapes[:num_images=N,seed=S]'")

@@ -123,7 +123,7 @@ def metrics_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument('--seed', type=int, default=0, help='seed of latents, labels and transforms (default: 0)')
     p.add_argument('--out', help='JSON output (default: metrics.json in the run folder)')
-    p.add_argument('--cache-dir', help='real-data statistics cache (default: $SGXL_CACHE_DIR or ~/.cache/sgxl)')
+    p.add_argument('--cache-dir', help='real-data statistics cache (default: $SGXL_CACHE_DIR, else $XDG_CACHE_HOME/sgxl, else ~/.cache/sgxl)')
     p.add_argument('--weights-dir', help='folder (or file) with the Inception / VGG16 weights')
     p.add_argument('--workers', type=int, default=0, help='DataLoader workers for the real images (default: 0)')
     return p

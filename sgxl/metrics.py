@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import atomic_write, check, get_device, to_uint8
+from .core import atomic_write, cache_home, check, get_device, to_uint8
 
 # %% auto #0
 __all__ = ['INCEPTION_FILES', 'INCEPTION_SOURCE', 'VGG16_FILES', 'VGG16_SOURCE', 'RFID_SEED', 'WEIGHTS_DOWNLOADS', 'EXTRACTORS',
@@ -158,11 +158,11 @@ VGG16_SOURCE = "torchvision's VGG16_Weights.IMAGENET1K_V1, https://download.pyto
 RFID_SEED = 0  # seed of rFID's randomly initialised Inception-v3
 
 def weights_dirs(weights: str | os.PathLike | None = None) -> list[Path]:
-    "Folders searched for weight files, in order: `weights`, $SGXL_WEIGHTS_DIR, torch hub's checkpoints, ~/.cache/sgxl/weights."
+    "Folders searched for weight files, in order: `weights`, $SGXL_WEIGHTS_DIR, torch hub's checkpoints, cache_home('weights')."
     dirs = [Path(weights)] if weights is not None else []
     if os.environ.get('SGXL_WEIGHTS_DIR'): dirs.append(Path(os.environ['SGXL_WEIGHTS_DIR']))
     dirs.append(Path(torch.hub.get_dir()) / 'checkpoints')
-    dirs.append(Path('~/.cache/sgxl/weights').expanduser())
+    dirs.append(cache_home('weights'))
     return dirs
 
 def find_weights(names: Sequence[str], what: str, source: str, weights: str | os.PathLike | None = None) -> Path:
@@ -203,7 +203,7 @@ def download_weights(name: str, timeout: float = 30.0) -> Path:
     url, digest = WEIGHTS_DOWNLOADS[name]
     if offline() and not url.startswith('file:'):
         raise OSError(f'offline (SGXL_OFFLINE / HF_HUB_OFFLINE is set), so {url} was not tried')
-    dest = Path(os.environ.get('SGXL_WEIGHTS_DIR') or Path('~/.cache/sgxl/weights').expanduser())
+    dest = Path(os.environ.get('SGXL_WEIGHTS_DIR') or cache_home('weights'))
     dest.mkdir(parents=True, exist_ok=True)
     print(f'sgxl.metrics: downloading {name} from {url} into {dest}', file=sys.stderr, flush=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.part', dir=dest)
@@ -419,9 +419,8 @@ def real_images(dataset, indices: np.ndarray, batch: int = 64, workers: int = 0)
 CACHE_VERSION = 1  # bump when what a cache file holds changes
 
 def cache_folder(cache_dir=None) -> Path:
-    "Where real-data statistics live: `cache_dir`, else $SGXL_CACHE_DIR, else ~/.cache/sgxl; then metrics/."
-    root = cache_dir or os.environ.get('SGXL_CACHE_DIR') or Path('~/.cache/sgxl').expanduser()
-    return Path(root) / 'metrics'
+    "Where real-data statistics live: `cache_dir`, else sgxl's cache folder (`cache_home`); then metrics/."
+    return Path(cache_dir) / 'metrics' if cache_dir else cache_home('metrics')
 
 def real_cache_path(dataset, spec: MetricSpec, extractor_id: str, num_real: int, cache_dir=None) -> Path:
     "The cache file of one metric's real-data statistics: <name>-<res>-<kind>-<hash of the full key>.npz."
