@@ -343,8 +343,8 @@ def test_fractional_transform_of_band_limited_image():
 # --- the command line ----------------------------------------------------------------------------------------------------
 def test_metrics_cli_table_and_json(tmp_path, monkeypatch):
     imgs = smooth_images(8, seed=1)
-    monkeypatch.setattr(M, 'load_generator', lambda path, device=None: (Replay(smooth_images(8, seed=2)), {}))
-    monkeypatch.setattr(M, 'load_dataset', lambda data, resolution=None: Images(imgs, name='cli'))
+    monkeypatch.setattr(E, 'load_generator', lambda path, device=None: (Replay(smooth_images(8, seed=2)), {}))
+    monkeypatch.setattr(E, 'load_dataset', lambda data, resolution=None: Images(imgs, name='cli'))
     out = tmp_path / 'res.json'
     buf = io.StringIO()
     with redirect_stdout(buf):
