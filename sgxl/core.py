@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['RUNGS', 'PRESETS', 'LITE0', 'DEIT_BASE', 'RUNG_DIFFS', 'TINY', 'TINY_RUNG', 'Config', 'check', 'is_pow2',
-           'atomic_write', 'rung_diff', 'make_config', 'config_diff', 'seed_everything', 'get_device', 'record_value',
+__all__ = ['RUNGS', 'PRESETS', 'SIDECAR_HASHES', 'LITE0', 'DEIT_BASE', 'RUNG_DIFFS', 'TINY', 'TINY_RUNG', 'Config', 'check',
+           'is_pow2', 'atomic_write', 'cache_home', 'TensorFileError', 'file_hash', 'tensor_file_pair', 'save_tensors',
+           'load_tensors', 'rung_diff', 'make_config', 'config_diff', 'seed_everything', 'get_device', 'record_value',
            'to_uint8', 'image_grid', 'show_images', 'save_image_grid']
 
 # %% ../nbs/00_core.ipynb #0b4c5c0f
@@ -214,6 +216,82 @@ def atomic_write(path, data: str | bytes):
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+# %% ../nbs/00_core.ipynb #c76b42c4
+def cache_home(*parts: str) -> Path:
+    """sgxl's cache folder joined with `parts` (e.g. `cache_home('embeddings')`). The first that is set wins:
+
+    1. `$SGXL_CACHE_DIR` -- sgxl's own override (the tests point it at a folder of their own);
+    2. `$XDG_CACHE_HOME/sgxl` -- the XDG base-directory convention;
+    3. `~/.cache/sgxl`.
+
+    Two users take a narrower override first: `$SGXL_OPS_CACHE` (compiled ops) and `$SGXL_WEIGHTS_DIR`
+    (weight files). Caches of other libraries stay theirs: torch hub's (`$TORCH_HOME`) and the Hugging Face
+    hub's (`$HF_HOME`)."""
+    root = os.environ.get('SGXL_CACHE_DIR') or Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache') / 'sgxl'
+    return Path(root).expanduser().joinpath(*parts)
+
+# %% ../nbs/00_core.ipynb #6afb359a
+class TensorFileError(ValueError):
+    "A safetensors + JSON pair that cannot be used: missing, corrupted, or not matching its JSON."
+
+# hash keys a sidecar may carry -> hashlib name. 'sha256' is what `save_tensors` writes; the sha1 keys are read
+# from files written before the helper existed (domain classifiers: 'sha1', guidance probes: 'tensors_sha1').
+SIDECAR_HASHES = {'sha256': 'sha256', 'sha1': 'sha1', 'tensors_sha1': 'sha1'}
+
+def file_hash(path, algorithm: str = 'sha256') -> str:
+    "Hex digest of a file's bytes, read in 1 MiB chunks (checkpoints can be larger than memory wants)."
+    h = hashlib.new(algorithm)
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
+
+def tensor_file_pair(path) -> tuple[Path, Path]:
+    "(PATH.safetensors, PATH.json) for PATH given with or without either suffix."
+    p = Path(path)
+    stem = p.name.removesuffix('.json') if p.suffix == '.json' else p.name.removesuffix('.safetensors')
+    return p.with_name(stem + '.safetensors'), p.with_name(stem + '.json')
+
+def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> Path:
+    """Write `tensors` to PATH.safetensors, then `meta` + {'tensors': that file's name, 'sha256': its hash} to
+    PATH.json; each atomically (temp file, fsync, rename), the JSON last. Returns the JSON path."""
+    from safetensors.torch import save_file
+    tfile, jfile = tensor_file_pair(path)
+    tfile.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tfile.with_name(f'.{tfile.name}.tmp')
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        with open(tmp, 'rb+') as f: os.fsync(f.fileno())
+        tmp.replace(tfile)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    record = {**(meta or {}), 'tensors': tfile.name, 'sha256': file_hash(tfile)}
+    return atomic_write(jfile, json.dumps(record, indent=1))
+
+def load_tensors(path, device: str | torch.device = 'cpu', what: str = 'tensor file',
+                 expect: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, JSON record) of a pair written by `save_tensors` (PATH with or without .json/.safetensors). The
+    record must hold the items of `expect` (e.g. a format name); the tensor file is the one it names ('tensors',
+    else PATH.safetensors) and must match its hash (sha256, or the sha1 of older files). Raises `TensorFileError`
+    naming the problem; `what` names the file in it."""
+    from safetensors.torch import load_file
+    tfile, jfile = tensor_file_pair(path)
+    check(jfile.is_file(), f'no {what} at {path}: expected {jfile.name} (and its .safetensors) to exist', TensorFileError)
+    try: record = json.loads(jfile.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TensorFileError(f'{what} {jfile} is not valid JSON ({e}); it is corrupted') from e
+    check(isinstance(record, dict), f'{what} {jfile} holds no JSON object; it is corrupted', TensorFileError)
+    for k, v in (expect or {}).items():
+        check(record.get(k) == v, f'{jfile} is not a {what} ({k} {record.get(k)!r}, expected {v!r})', TensorFileError)
+    tfile = jfile.with_name(record.get('tensors') or tfile.name)
+    check(tfile.is_file(), f'{what} {jfile.name} lists {tfile.name}, which is missing', TensorFileError)
+    key = next((k for k in SIDECAR_HASHES if k in record), None)
+    check(key is not None, f'{what} {jfile.name} records no hash of {tfile.name}; it is corrupted', TensorFileError)
+    algorithm = SIDECAR_HASHES[key]
+    check(file_hash(tfile, algorithm) == record[key],
+          f'{what} {tfile} is corrupted (its {algorithm.upper()} does not match {jfile.name})', TensorFileError)
+    return load_file(str(tfile), device=str(device)), record
 
 # %% ../nbs/00_core.ipynb #119f4652
 LITE0 = 'tf_efficientnet_lite0'

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import atomic_write, check, get_device, to_uint8
+from .core import cache_home, check, get_device, load_tensors, save_tensors, to_uint8
 from .metrics import (FeatureStats, MetricSpec, check_generator, frechet_distance, precision_recall,
                           real_indices, sample_inputs)
 
@@ -115,11 +115,10 @@ def fit_domain_net(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
 # %% ../nbs/18_domain.ipynb #72c363e2
 def domain_cache_folders(dataset, cache_dir=None) -> list[Path]:
     "Where the classifier may live, in order: `cache_dir`/domain; else beside a file dataset, then sgxl's cache."
-    user = Path(os.environ.get('SGXL_CACHE_DIR') or Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache') / 'sgxl')
     if cache_dir is not None: return [Path(cache_dir).expanduser() / 'domain']
     root = getattr(dataset, 'root', None)
     folders = [] if root is None else [Path(root).expanduser().resolve().parent / f'{Path(root).name}.sgxl-cache']
-    return folders + [user.expanduser() / 'domain']
+    return folders + [cache_home('domain')]
 
 def domain_dataset(dataset, resolution: int = DOMAIN_RESOLUTION):
     "The same images at `resolution` (built-in shapes re-rendered, files re-read), or `dataset` itself if it cannot be."
@@ -138,23 +137,18 @@ def domain_key(dataset, settings: dict) -> tuple[str, dict]:
     return f'domain-{safe}-{digest}', key
 
 def save_domain_net(folder: Path, stem: str, net: DomainNet, meta: dict) -> Path:
-    "Write stem.safetensors (weights), then stem.json (meta and the weights' SHA-1), atomically."
-    from safetensors.torch import save
-    data = save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
-    atomic_write(folder / f'{stem}.safetensors', data)
-    return atomic_write(folder / f'{stem}.json', json.dumps({**meta, 'sha1': hashlib.sha1(data).hexdigest()}, indent=1))
+    "Write stem.safetensors (weights), then stem.json (meta and the weights' SHA-256): `core.save_tensors`."
+    return save_tensors(Path(folder) / stem, net.state_dict(), meta)
 
 def load_domain_net(folder: Path, stem: str, key: dict) -> tuple[DomainNet, dict] | None:
     "The cached classifier if both files are there, match each other and were made for `key`; else None."
     jpath, tpath = folder / f'{stem}.json', folder / f'{stem}.safetensors'
     if not (jpath.is_file() and tpath.is_file()): return None
-    from safetensors.torch import load
     try:
-        meta, data = json.loads(jpath.read_text()), tpath.read_bytes()
+        tensors, meta = load_tensors(jpath, what='domain classifier')          # checks the hash (sha1 in older files)
         check(meta.get('key') == json.loads(json.dumps(key)), 'made for another dataset or settings')
-        check(meta.get('sha1') == hashlib.sha1(data).hexdigest(), 'its weights do not match its JSON')
         net = DomainNet(key['num_classes'], key['width'])
-        net.load_state_dict(load(data), strict=True)
+        net.load_state_dict(tensors, strict=True)
     except Exception as e:                                   # an unusable cache: train again rather than fail
         print(f'sgxl: ignoring the domain classifier cache {jpath} ({e}); training it again', file=sys.stderr)
         return None

@@ -20,16 +20,16 @@ import torch
 from torch import nn
 
 from .baseline import prepare_images
-from .core import LITE0, Config, atomic_write, check, get_device
+from .core import LITE0, Config, atomic_write, cache_home, check, get_device
 from .data import load
 from .features import FeatureNetwork
-from .projected import ClassEmbedding, ProjectedDiscriminator, RungB, projected_discriminator
-from .stylegan3 import Generator, LabelEmbedding
+from .projected import ProjectedDiscriminator, RungB, projected_discriminator
+from .stylegan3 import ClassEmbedding, Generator
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'pooled_features', 'class_sums', 'class_means', 'check_labelled', 'user_cache_dir', 'cache_folders',
+__all__ = ['CACHE_VERSION', 'pooled_features', 'class_sums', 'class_means', 'check_labelled', 'cache_folders',
            'weights_fingerprint', 'embedding_key', 'table_filename', 'save_class_embeddings', 'load_class_embeddings',
            'read_cached', 'write_cached', 'accumulate_class_features', 'class_embeddings', 'apply_class_embeddings',
            'ConditionalModels', 'rung_c_models', 'embeddings_main', 'RungC']
@@ -83,15 +83,10 @@ def check_labelled(dataset) -> int:
 # %% ../nbs/06_config_c.ipynb #40422833
 CACHE_VERSION = 1    # bump when the computation changes: old tables are then ignored
 
-def user_cache_dir() -> Path:
-    "sgxl's cache folder: $SGXL_CACHE_DIR, else $XDG_CACHE_HOME/sgxl, else ~/.cache/sgxl."
-    if os.environ.get('SGXL_CACHE_DIR'): return Path(os.environ['SGXL_CACHE_DIR']).expanduser()
-    return Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache').expanduser() / 'sgxl'
-
 def cache_folders(dataset, cache_dir=None) -> list[Path]:
     "Where the table of `dataset` may live, in order: `cache_dir`; else beside a file dataset, then the user cache."
     if cache_dir is not None: return [Path(cache_dir).expanduser()]
-    user = user_cache_dir() / 'embeddings'
+    user = cache_home('embeddings')
     root = getattr(dataset, 'root', None)
     if root is None: return [user]
     root = Path(root).expanduser().resolve()
@@ -224,7 +219,7 @@ def apply_class_embeddings(G: Generator, D: ProjectedDiscriminator | None, table
     check(mapping.embed_proj.in_features == dim, f"G's mapping network takes {mapping.embed_proj.in_features}-dim "
           f"class embeddings but the table's are {dim}-dim: build G with embed_dim={dim} (rung C: 320)")
     device = mapping.fcs[0].weight.device
-    mapping.set_embedding(LabelEmbedding.from_table(table, trainable).to(device))   # (c_dim, dim), trainable
+    mapping.set_embedding(ClassEmbedding.from_table(table, trainable).to(device))   # (c_dim, dim), trainable
     if D is None: return G, None
     check(D.c_dim == c_dim, f"D has c_dim={D.c_dim} but the table has {c_dim} classes: build D with c_dim={c_dim}")
     widths = {h.embed_proj.in_features for heads in D.heads for h in heads}
@@ -273,7 +268,7 @@ def embeddings_main(argv: list[str]) -> int:
         prog='sgxl embeddings', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Compute the pretrained class embeddings of rung C: per class, the mean of lite0\'s pooled '
                     'lowest-resolution (320-channel) features over the class\'s images. Cached beside the '
-                    'dataset (or in $SGXL_CACHE_DIR / ~/.cache/sgxl for built-ins); a second run only loads it.',
+                    'dataset (or, for built-ins, in the sgxl cache folder: $SGXL_CACHE_DIR, $XDG_CACHE_HOME/sgxl or ~/.cache/sgxl); a second run only loads it.',
         epilog='examples:\n  sgxl embeddings imagenet128.zip\n'
                '  sgxl embeddings shapes:num_images=2000 --resolution 32 --feature-resolution 64')
     p.add_argument('data', help="a dataset folder or .zip (with dataset.json labels), or 'shapes[:num_images=N,seed=S]'")

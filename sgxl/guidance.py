@@ -20,7 +20,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from .baseline import Chunk
-from .core import LITE0, Config, atomic_write, check, get_device
+from .core import LITE0, Config, cache_home, check, get_device, load_tensors, save_tensors
 from .data import load
 from .features import FeatureNetwork, MissingWeightsError, create_backbone, resize
 from .growing import RungD
@@ -212,8 +212,8 @@ def evaluate_probe(head: nn.Module, features: torch.Tensor, labels: torch.Tensor
 
 # %% ../nbs/09_config_f.ipynb #32808f96
 def default_cache_dir() -> Path:
-    "$SGXL_CACHE_DIR/guidance, else ~/.cache/sgxl/guidance."
-    return Path(os.environ.get('SGXL_CACHE_DIR') or '~/.cache/sgxl').expanduser() / 'guidance'
+    "sgxl's cache folder (`cache_home`), then guidance/."
+    return cache_home('guidance')
 
 def _writable(folder: Path) -> bool:
     try: folder.mkdir(parents=True, exist_ok=True)
@@ -238,23 +238,16 @@ def probe_key(dataset, settings: dict) -> str:
 
 # %% ../nbs/09_config_f.ipynb #68f2289a
 def save_probe(folder: Path, key: str, head: ProbeHead, confusion: torch.Tensor, meta: dict) -> Path:
-    "Write `key`.safetensors (head + confusion) then `key`.json (meta + the tensor file's SHA-1), atomically."
-    from safetensors.torch import save
-    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    data = save({**tensors, 'confusion': confusion.to(torch.int64).contiguous()})
-    atomic_write(folder / f'{key}.safetensors', data)
-    return atomic_write(folder / f'{key}.json', json.dumps({**meta, 'tensors_sha1': sha1(data).hexdigest()}, indent=1))
+    "Write `key`.safetensors (head + confusion) then `key`.json (meta + the tensor file's SHA-256): `core.save_tensors`."
+    return save_tensors(Path(folder) / key, {**head.state_dict(), 'confusion': confusion.to(torch.int64)}, meta)
 
 def load_probe(folder: Path, key: str, settings: dict) -> tuple[ProbeHead, torch.Tensor, dict] | None:
     "The cached probe `key` if both files are there, agree with each other and were made with `settings`; else None."
     jpath, tpath = folder / f'{key}.json', folder / f'{key}.safetensors'
     if not (jpath.is_file() and tpath.is_file()): return None
-    from safetensors.torch import load
     try:
-        meta, data = json.loads(jpath.read_text()), tpath.read_bytes()
+        tensors, meta = load_tensors(jpath, what='guidance probe')             # checks the hash (sha1 in older files)
         check(meta.get('settings') == json.loads(json.dumps(settings)), 'made with other settings')
-        check(meta.get('tensors_sha1') == sha1(data).hexdigest(), 'its tensor file does not match its JSON')
-        tensors = load(data)
         confusion = tensors.pop('confusion')
         head = ProbeHead(tensors['mu'].numel(), tensors['linear.bias'].numel())
         head.load_state_dict(tensors, strict=True)

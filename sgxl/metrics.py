@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import atomic_write, check, get_device, to_uint8
+from .core import atomic_write, cache_home, check, get_device, to_uint8
 from .stylegan3 import FourierInput, warp_images
 
 # %% auto #0
@@ -165,11 +165,11 @@ VGG16_SOURCE = "torchvision's VGG16_Weights.IMAGENET1K_V1, https://download.pyto
 RFID_SEED = 0  # seed of rFID's randomly initialised Inception-v3
 
 def weights_dirs(weights: str | os.PathLike | None = None) -> list[Path]:
-    "Folders searched for weight files, in order: `weights`, $SGXL_WEIGHTS_DIR, torch hub's checkpoints, ~/.cache/sgxl/weights."
+    "Folders searched for weight files, in order: `weights`, $SGXL_WEIGHTS_DIR, torch hub's checkpoints, cache_home('weights')."
     dirs = [Path(weights)] if weights is not None else []
     if os.environ.get('SGXL_WEIGHTS_DIR'): dirs.append(Path(os.environ['SGXL_WEIGHTS_DIR']))
     dirs.append(Path(torch.hub.get_dir()) / 'checkpoints')
-    dirs.append(Path('~/.cache/sgxl/weights').expanduser())
+    dirs.append(cache_home('weights'))
     return dirs
 
 def find_weights(names: Sequence[str], what: str, source: str, weights: str | os.PathLike | None = None) -> Path:
@@ -210,7 +210,7 @@ def download_weights(name: str, timeout: float = 30.0) -> Path:
     url, digest = WEIGHTS_DOWNLOADS[name]
     if offline() and not url.startswith('file:'):
         raise OSError(f'offline (SGXL_OFFLINE / HF_HUB_OFFLINE is set), so {url} was not tried')
-    dest = Path(os.environ.get('SGXL_WEIGHTS_DIR') or Path('~/.cache/sgxl/weights').expanduser())
+    dest = Path(os.environ.get('SGXL_WEIGHTS_DIR') or cache_home('weights'))
     dest.mkdir(parents=True, exist_ok=True)
     print(f'sgxl.metrics: downloading {name} from {url} into {dest}', file=sys.stderr, flush=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.part', dir=dest)
@@ -426,9 +426,8 @@ def real_images(dataset, indices: np.ndarray, batch: int = 64, workers: int = 0)
 CACHE_VERSION = 1  # bump when what a cache file holds changes
 
 def cache_folder(cache_dir=None) -> Path:
-    "Where real-data statistics live: `cache_dir`, else $SGXL_CACHE_DIR, else ~/.cache/sgxl; then metrics/."
-    root = cache_dir or os.environ.get('SGXL_CACHE_DIR') or Path('~/.cache/sgxl').expanduser()
-    return Path(root) / 'metrics'
+    "Where real-data statistics live: `cache_dir`, else sgxl's cache folder (`cache_home`); then metrics/."
+    return Path(cache_dir) / 'metrics' if cache_dir else cache_home('metrics')
 
 def real_cache_path(dataset, spec: MetricSpec, extractor_id: str, num_real: int, cache_dir=None) -> Path:
     "The cache file of one metric's real-data statistics: <name>-<res>-<kind>-<hash of the full key>.npz."
@@ -761,7 +760,7 @@ def metrics_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument('--seed', type=int, default=0, help='seed of latents, labels and transforms (default: 0)')
     p.add_argument('--out', help='JSON output (default: metrics.json in the run folder)')
-    p.add_argument('--cache-dir', help='real-data statistics cache (default: $SGXL_CACHE_DIR or ~/.cache/sgxl)')
+    p.add_argument('--cache-dir', help='real-data statistics cache (default: $SGXL_CACHE_DIR, else $XDG_CACHE_HOME/sgxl, else ~/.cache/sgxl)')
     p.add_argument('--weights-dir', help='folder (or file) with the Inception / VGG16 weights')
     p.add_argument('--workers', type=int, default=0, help='DataLoader workers for the real images (default: 0)')
     return p

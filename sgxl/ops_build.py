@@ -20,6 +20,7 @@ import torch
 from filelock import FileLock
 
 import sgxl
+from .core import cache_home
 
 CSRC = Path(sgxl.__file__).resolve().parent / 'csrc'     # hand-written C++/CUDA sources
 HEADERS = ('sgxl_ops.h', 'sgxl_bind.h', 'sgxl_cuda.h', 'sgxl_cpu_kernels.h')
@@ -28,10 +29,10 @@ DEFAULT_CUDA_HOME = '/usr/local/cuda'
 DEFAULT_ARCH_LIST = '8.0;9.0'                              # A100, H100 (used when no GPU is visible)
 
 def cache_dir() -> Path:
-    "Where JIT builds live: $SGXL_OPS_CACHE, else $XDG_CACHE_HOME/sgxl/ops, else ~/.cache/sgxl/ops."
+    "Where JIT builds live: $SGXL_OPS_CACHE, else sgxl's cache folder (`core.cache_home`), then ops/."
     if os.environ.get('SGXL_OPS_CACHE'):
-        return Path(os.environ['SGXL_OPS_CACHE'])
-    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'sgxl' / 'ops'
+        return Path(os.environ['SGXL_OPS_CACHE']).expanduser()
+    return cache_home('ops')
 
 def built_id(kind: str) -> str:
     "The id a module built from the current sources reports (an identifier, so it passes through any shell)."

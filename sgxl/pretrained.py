@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core import check
+from .core import cache_home, check
 
 # %% auto #0
 __all__ = ['NETWORK_KIND', 'SUPPORTED_CLASSES', 'UnsafePickleError', 'PickleFormatError', 'PersistentRecord', 'Opaque',
@@ -435,9 +435,8 @@ def is_network_path(path) -> bool:
     return Path(path).suffix == '.pkl' or network_json(path) is not None
 
 def cache_dir() -> Path:
-    "Where pickles given to --network are converted: $SGXL_CACHE_DIR/networks (else ~/.cache/sgxl/networks)."
-    root = os.environ.get('SGXL_CACHE_DIR') or Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache') / 'sgxl'
-    return Path(root).expanduser() / 'networks'
+    "Where pickles given to --network are converted: sgxl's cache folder (`cache_home`), then networks/."
+    return cache_home('networks')
 
 def converted(pkl) -> Path:
     "The network.json of release file `pkl`, converting it into the cache on first use."

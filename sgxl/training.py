@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import random
@@ -18,9 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 
-from .core import atomic_write, check, get_device
+from .core import TensorFileError, atomic_write, check, get_device, load_tensors, save_tensors
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'DIST_TIMEOUT_MIN', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_METRICS', 'DEMO_TARGETS',
@@ -71,42 +69,17 @@ CKPT_FORMAT = 'sgxl-checkpoint-1'
 class CheckpointError(RuntimeError):
     "A checkpoint that cannot be read: missing, corrupted, or written by an incompatible version."
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
-    return h.hexdigest()
-
 def save_checkpoint(path, state: dict, meta: dict | None = None) -> Path:
-    "Write `state` (nested, with tensors) and JSON-able `meta` as PATH.safetensors + PATH.json; returns the JSON path."
-    path = Path(path).with_suffix('')
+    """Write `state` (nested, with tensors) and JSON-able `meta` as PATH.safetensors + PATH.json (the tree of `state`,
+    the meta, the tensor file's SHA-256: `core.save_tensors`); returns the JSON path."""
     tensors, tree = flatten_state(state)
-    tfile = path.with_name(path.name + '.safetensors')
-    tmp = tfile.with_name('.' + tfile.name + '.tmp')
-    save_file(tensors, str(tmp))
-    with open(tmp, 'rb+') as f: os.fsync(f.fileno())
-    tmp.replace(tfile)
-    record = {'format': CKPT_FORMAT, 'tensors': tfile.name, 'sha256': _sha256(tfile), 'meta': meta or {}, 'state': tree}
-    return atomic_write(path.with_name(path.name + '.json'), json.dumps(record, indent=1))
+    return save_tensors(Path(path).with_suffix(''), tensors, {'format': CKPT_FORMAT, 'meta': meta or {}, 'state': tree})
 
 def load_checkpoint(path, map_location: str | torch.device = 'cpu') -> tuple[dict, dict]:
     "Read a checkpoint written by `save_checkpoint`: returns (state, meta). Raises `CheckpointError` with the fix."
-    path = Path(path)
-    jfile = path if path.suffix == '.json' else path.with_name(path.name.removesuffix('.safetensors') + '.json')
-    if not jfile.exists():
-        raise CheckpointError(f'no checkpoint at {path}: expected {jfile.name} (and its .safetensors) to exist')
-    try: record = json.loads(jfile.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f'checkpoint {jfile} is not valid JSON ({e}); it is corrupted: use an earlier checkpoint') from e
-    if record.get('format') != CKPT_FORMAT:
-        raise CheckpointError(f'{jfile} is not an sgxl checkpoint (format {record.get("format")!r}, expected {CKPT_FORMAT!r})')
-    tfile = jfile.with_name(record['tensors'])
-    if not tfile.exists():
-        raise CheckpointError(f'checkpoint {jfile.name} lists {tfile.name}, which is missing: use an earlier checkpoint')
-    if _sha256(tfile) != record['sha256']:
-        raise CheckpointError(f'checkpoint {tfile} is corrupted (its SHA-256 does not match {jfile.name}): '
-                              f'resume from an earlier checkpoint in {tfile.parent}')
-    tensors = load_file(str(tfile), device=str(map_location))
+    try: tensors, record = load_tensors(path, map_location, 'checkpoint', expect={'format': CKPT_FORMAT})
+    except TensorFileError as e:
+        raise CheckpointError(f'{e}: resume from an earlier checkpoint in {Path(path).parent}') from e
     return unflatten_state(tensors, record['state']), record['meta']
 
 # %% ../nbs/10_training.ipynb #3f07c07a

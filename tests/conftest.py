@@ -65,7 +65,10 @@ def sleeps(monkeypatch) -> list:
     return asked
 
 # Caches (class embeddings, guidance probes, metric statistics, ...) go to a per-session folder, not the
-# user's ~/.cache/sgxl -- except the compiled ops, whose cache CI warms with tools/build_ops.py.
+# user's ~/.cache/sgxl -- except the compiled ops, whose cache CI warms with tools/build_ops.py: SGXL_OPS_CACHE
+# pins them to the folder they would use without the session's SGXL_CACHE_DIR.
 if 'SGXL_CACHE_DIR' not in os.environ:
     import tempfile
+    from sgxl.core import cache_home
+    os.environ.setdefault('SGXL_OPS_CACHE', str(cache_home('ops')))
     os.environ['SGXL_CACHE_DIR'] = tempfile.mkdtemp(prefix='sgxl-test-cache-')

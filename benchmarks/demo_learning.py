@@ -1,0 +1,159 @@
+"""Does a generator learn `shapes` within the demo's budget? The demo's metrics over CPU time, per setup.
+
+    python benchmarks/demo_learning.py --budget 240                                  # the demo's rung as `sgxl train` builds it
+    python benchmarks/demo_learning.py --cfg F --set stem_resolution=32 --set cls_weight=8 --budget 300
+    python benchmarks/demo_learning.py --plain --budget 200 --batch 32               # a plain conditional GAN, for scale
+
+Issue 16 asks the demo (`sgxl train`, no arguments) to end within about 5 minutes on 2 CPU cores with at least
+80% of its samples classified as their requested class by sgxl.domain's classifier (dacc) and a domain Frechet
+distance (dfd) at most half of step 0's. This script trains one setup for --budget seconds of process CPU time
+(robust to a shared machine; wall time is printed too) and prints dacc500 and dfd500 of the generator every
+--every CPU seconds, so setups can be compared by how far they get per CPU second:
+
+- the sgxl path (default): the training step of rung --cfg at the tiny preset with the --set changes, built and
+  fed as `sgxl train` builds it (`sgxl.training.Trainer`), scored on its EMA generator, as the demo scores;
+- --plain: a small conventional conditional GAN (DCGAN-style generator with batch norm, a convolutional
+  discriminator with a projection term, hinge loss, Adam 4e-4, betas (0.5, 0.99)): no sgxl network, only the
+  same data and the same metric. It answers whether the target is within reach of any cheap GAN on this data.
+"""
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sgxl.core import make_config
+from sgxl.metrics import compute_metrics
+
+METRICS = ('dfd500', 'dacc500')
+
+
+class PlainG(nn.Module):
+    "z (N, 64) and labels (N,) -> images (N, 3, 32, 32): a linear layer to 4x4, three upsample-conv blocks."
+    def __init__(self, classes: int, ch: int = 64, z_dim: int = 64):
+        super().__init__()
+        self.z_dim, self.c_dim, self.img_resolution, self.ch = z_dim, classes, 32, ch
+        self.embed = nn.Embedding(classes, z_dim)
+        self.fc = nn.Linear(2 * z_dim, 2 * ch * 16)
+        block = lambda i, o: [nn.Upsample(scale_factor=2), nn.Conv2d(i, o, 3, 1, 1), nn.BatchNorm2d(o), nn.ReLU()]
+        self.body = nn.Sequential(nn.BatchNorm2d(2 * ch), nn.ReLU(), *block(2 * ch, ch), *block(ch, ch // 2),
+                                  *block(ch // 2, ch // 4), nn.Conv2d(ch // 4, 3, 3, 1, 1), nn.Tanh())
+
+    def forward(self, z, c, truncation_psi: float = 1.0):
+        y = c.argmax(1) if c.is_floating_point() else c                          # one-hot (N, K) or indices (N,)
+        h = self.fc(torch.cat([z, self.embed(y)], 1)).view(-1, 2 * self.ch, 4, 4)   # (N, 2ch, 4, 4)
+        return self.body(h)                                                     # (N, 3, 32, 32) in [-1, 1]
+
+
+class PlainD(nn.Module):
+    "images (N, 3, 32, 32), labels (N,) -> logits (N,): strided convs, a linear output plus a projection term."
+    def __init__(self, classes: int, ch: int = 64):
+        super().__init__()
+        act = lambda: nn.LeakyReLU(0.2)
+        self.body = nn.Sequential(nn.Conv2d(3, ch // 4, 3, 2, 1), act(), nn.Conv2d(ch // 4, ch // 2, 3, 2, 1), act(),
+                                  nn.Conv2d(ch // 2, ch, 3, 2, 1), act(), nn.Conv2d(ch, 2 * ch, 4), act(), nn.Flatten())
+        self.out, self.embed = nn.Linear(2 * ch, 1), nn.Embedding(classes, 2 * ch)
+
+    def forward(self, x, y):
+        h = self.body(x)                                                        # (N, 2ch)
+        return self.out(h).squeeze(1) + (self.embed(y) * h).sum(1)              # $\psi(h) + e(y)^\top h$
+
+
+class PlainGAN:
+    "The plain conditional GAN's training step (hinge loss), with an EMA-free G scored in eval mode."
+    def __init__(self, dataset, batch: int, lr: float = 4e-4):
+        self.data = torch.stack([dataset[i][0] for i in range(len(dataset))]).float() / 127.5 - 1   # (N, 3, 32, 32)
+        self.labels = torch.as_tensor(dataset.labels).long()
+        self.G, self.D, self.batch, self.nimg = PlainG(dataset.num_classes), PlainD(dataset.num_classes), batch, 0
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr, betas=(0.5, 0.99))
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr, betas=(0.5, 0.99))
+
+    def step(self) -> dict:
+        idx = torch.randint(len(self.data), (self.batch,))
+        real, y = self.data[idx], self.labels[idx]
+        z, yf = torch.randn(self.batch, self.G.z_dim), torch.randint(self.G.c_dim, (self.batch,))
+        fake = self.G(z, yf)
+        loss_D = F.relu(1 - self.D(real, y)).mean() + F.relu(1 + self.D(fake.detach(), yf)).mean()
+        self.opt_D.zero_grad(); loss_D.backward(); self.opt_D.step()
+        loss_G = -self.D(fake, yf).mean()
+        self.opt_G.zero_grad(); loss_G.backward(); self.opt_G.step()
+        self.nimg += self.batch
+        return {'loss/G': loss_G.item(), 'loss/D': loss_D.item()}
+
+    def generator(self): return self.G.eval()
+    def train(self): self.G.train()
+
+
+class SgxlRun:
+    "The training step of a rung as `sgxl train` builds it (Trainer: data, rung, stages), scored on G_ema."
+    def __init__(self, cfg, outdir: str):
+        from sgxl.training import Trainer
+        self.trainer = Trainer(cfg, outdir=outdir, progress=False)
+        self.step_index = 0
+
+    @property
+    def nimg(self): return self.trainer.rung.nimg
+
+    def step(self) -> dict:
+        t = self.trainer
+        real, labels = next(t.loader)
+        stats = t.rung.step(real, labels if t.cfg.c_dim else None, self.step_index, t.batch_now()[1])
+        self.step_index += 1
+        if getattr(t.rung, 'progressive', False) and t.rung.should_grow():
+            t.grow(); print(f'  grew to {t.rung.resolution} px', flush=True)
+        return stats
+
+    def generator(self): return self.trainer.rung.G_ema
+    def train(self): pass
+
+
+def score(run, dataset) -> dict:
+    "The demo's metrics of the run's generator (the training RNG untouched)."
+    with torch.random.fork_rng(devices=[]):
+        out = compute_metrics(METRICS, run.generator(), dataset, device='cpu', seed=0)
+    run.train()
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--cfg', default='F', help='rung of the sgxl path (default F, the demo\'s)')
+    p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='config changes of the tiny preset')
+    p.add_argument('--plain', action='store_true', help='the plain conditional GAN instead of an sgxl rung')
+    p.add_argument('--batch', type=int, default=32, help='batch of the plain GAN (sgxl: --set batch=N)')
+    p.add_argument('--budget', type=float, default=240, help='training CPU seconds (process time, metrics excluded)')
+    p.add_argument('--every', type=float, default=40, help='CPU seconds between scores')
+    p.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    p.add_argument('--outdir', default='/tmp/sgxl-demo-learning', help='run folders of the sgxl path')
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from sgxl.data import load
+    from sgxl.training import parse_set
+    if args.plain:
+        dataset = load('shapes', resolution=32)
+        run, name = PlainGAN(dataset, args.batch), f'plain conditional GAN, batch {args.batch}'
+    else:
+        cfg = make_config(args.cfg, 'tiny', **{'metrics': (), 'snap_kimg': 1e6, 'kimg': 1e6, **parse_set(args.set)})
+        run, name = SgxlRun(cfg, args.outdir), f'rung {args.cfg} tiny with {parse_set(args.set)}'
+    data = lambda: run.trainer.dataset if not args.plain else dataset
+    first = score(run, data())
+    print(f'{name}: step 0 dfd500 {first["dfd500"]:.1f}, dacc500 {first["dacc500"]:.3f}; '
+          f'{torch.get_num_threads()} threads', flush=True)
+    print(f"{'kimg':>7}{'train CPU s':>12}{'wall s':>8}{'dfd500':>9}{'/ step 0':>9}{'dacc500':>9}  losses")
+    train_cpu, next_score, w0 = 0.0, args.every, time.time()
+    while train_cpu < args.budget:
+        c0 = time.process_time()
+        stats = run.step()
+        train_cpu += time.process_time() - c0
+        if train_cpu >= next_score or train_cpu >= args.budget:
+            next_score += args.every
+            s = score(run, data())
+            losses = ' '.join(f'{k.split("/")[-1]} {v:.3g}' for k, v in stats.items() if k.startswith('loss/'))
+            print(f'{run.nimg / 1000:>7.2f}{train_cpu:>12.0f}{time.time() - w0:>8.0f}{s["dfd500"]:>9.1f}'
+                  f'{s["dfd500"] / first["dfd500"]:>9.2f}{s["dacc500"]:>9.3f}  {losses}', flush=True)
+
+
+if __name__ == '__main__':
+    main()
