@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .core import Config, check, get_device
 from .ops import bias_act, downsample2d, setup_filter, upfirdn2d
-from .stylegan3 import (FullyConnected, Generator, LabelEmbedding, commit_pending, labels_to_onehot,
+from .stylegan3 import (ClassEmbedding, FullyConnected, Generator, commit_pending, labels_to_onehot,
                             normalize_2nd_moment, set_ops_impl)
 
 # %% auto #0
@@ -95,7 +95,7 @@ class ResNetDiscriminator(nn.Module):
         self.conv = Conv2dLayer(c4 + 1, c4, 3, conv_clamp=conv_clamp)
         self.fc = FullyConnected(c4 * 16, c4, 'lrelu')
         self.out = FullyConnected(c4, self.cmap_dim or 1)
-        self.embed = LabelEmbedding(c_dim, embed_dim) if c_dim else None
+        self.embed = ClassEmbedding(c_dim, embed_dim) if c_dim else None
         self.embed_proj = FullyConnected(embed_dim, self.cmap_dim) if c_dim else None
 
     @classmethod

@@ -22,8 +22,8 @@ from torch import nn
 from .core import LITE0, Config, atomic_write, cache_home, check, get_device
 from .data import load, prepare_images
 from .features import FeatureNetwork
-from .projected import ClassEmbedding, ProjectedDiscriminator, RungB, projected_discriminator
-from .stylegan3 import Generator, LabelEmbedding
+from .projected import ProjectedDiscriminator, RungB, projected_discriminator
+from .stylegan3 import ClassEmbedding, Generator
 
 _log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def apply_class_embeddings(G: Generator, D: ProjectedDiscriminator | None, table
     check(mapping.embed_proj.in_features == dim, f"G's mapping network takes {mapping.embed_proj.in_features}-dim "
           f"class embeddings but the table's are {dim}-dim: build G with embed_dim={dim} (rung C: 320)")
     device = mapping.fcs[0].weight.device
-    mapping.set_embedding(LabelEmbedding.from_table(table, trainable).to(device))   # (c_dim, dim), trainable
+    mapping.set_embedding(ClassEmbedding.from_table(table, trainable).to(device))   # (c_dim, dim), trainable
     if D is None: return G, None
     check(D.c_dim == c_dim, f"D has c_dim={D.c_dim} but the table has {c_dim} classes: build D with c_dim={c_dim}")
     widths = {h.embed_proj.in_features for heads in D.heads for h in heads}

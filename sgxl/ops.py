@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from .core import check
 
 # %% auto #0
-__all__ = ['SQRT2', 'SELU_ALPHA', 'SELU_SCALE', 'ACTIVATIONS', 'IMPLS', 'FUSED_MAX_TAPS', 'CPU_TILE', 'Activation',
-           'parse_padding', 'filter_size', 'setup_filter', 'Geometry', 'filter2d', 'upsample2d', 'downsample2d',
-           'bias_act', 'upfirdn2d', 'filtered_lrelu', 'saved_bytes']
+__all__ = ['SQRT2', 'SELU_ALPHA', 'SELU_SCALE', 'ACTIVATIONS', 'IMPLS', 'FUSED_MAX_TAPS', 'Activation', 'parse_padding',
+           'filter_size', 'setup_filter', 'Geometry', 'filter2d', 'upsample2d', 'downsample2d', 'bias_act', 'upfirdn2d',
+           'filtered_lrelu', 'saved_bytes']
 
 # %% ../nbs/01_ops.ipynb #930b122f
 SQRT2 = math.sqrt(2.0)
@@ -327,16 +327,19 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='au
     return _fused_upfirdn2d(x, f, g, flip_filter, float(gain))
 
 def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=SQRT2, slope=0.2, clamp=None,
-                   flip_filter=False, impl='auto'):
+                   flip_filter=False, impl='auto', cpu_tile: int = 0):
     """Alias-free leaky ReLU: add bias b [C], upsample by `up` with fu (padding as in upfirdn2d), leaky ReLU
     (`slope`) times `gain`, clamp to [-clamp, clamp], filter with fd and downsample by `down`.
 
-    Output size per axis: Wu = W*up + x0 + x1 - fu_w + 1, then floor((Wu - fd_w) / down) + 1."""
+    Output size per axis: Wu = W*up + x0 + x1 - fu_w + 1, then floor((Wu - fd_w) / down) + 1.
+    `cpu_tile` > 0 makes the CPU build work in output tiles of that size, as the CUDA kernel does (tests use it
+    to run the GPU's tiling on a CPU); 0 (the default) works on whole planes. The result does not depend on it."""
+    check(isinstance(cpu_tile, int) and cpu_tile >= 0, f"cpu_tile={cpu_tile!r}: give a tile size >= 1, or 0 for whole planes")
     b = _autocast_bias(x, b)
     gu, gd = _resolve_filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp)
     if _pick_impl(x, impl, 'filtered_lrelu', *_fused_filtered_lrelu_ok(x, fu, fd), cpu_fast=_cpu_fast(fu, fd)) == 'ref':
         return _filtered_lrelu_ref(x, fu, fd, b, gu, gd, float(gain), float(slope), clamp, flip_filter)
-    return _fused_filtered_lrelu(x, fu, fd, b, gu, gd, float(gain), float(slope), clamp, flip_filter)
+    return _fused_filtered_lrelu(x, fu, fd, b, gu, gd, float(gain), float(slope), clamp, flip_filter, cpu_tile)
 
 # %% ../nbs/01_ops.ipynb #3c30f01c
 def saved_bytes(fn: Callable, *args) -> int:
@@ -382,8 +385,6 @@ def _fused_ready(kind: str) -> bool:
 
 def _ext(t: torch.Tensor):
     return ops_build.require_ops('cuda' if t.is_cuda else 'cpu')
-
-CPU_TILE = 0   # output tile size of the CPU build's filtered_lrelu (0: whole planes); tests set it small to run the CUDA tiling
 
 # %% ../nbs/01_ops.ipynb #33332cc1
 def _bias_act_call(mode, x, b, gy, ggx, dim, act, alpha, gain, clamp):
@@ -529,68 +530,70 @@ def _code_words(n, c, hu, wu) -> int:
 _PLAN_ARGS = 'int up, int[] pa, float gain_a, int down, int[] pb, float gain_b'
 
 @torch.library.custom_op(f'{_NS}::filtered_lrelu', mutates_args=(), schema=(
-    f'(Tensor x, Tensor? b, Tensor ta, Tensor tb, {_PLAN_ARGS}, float slope, float gain, float clamp) -> (Tensor, Tensor)'))
-def _filtered_lrelu_op(x, b, ta, tb, up, pa, gain_a, down, pb, gain_b, slope, gain, clamp):
+    f'(Tensor x, Tensor? b, Tensor ta, Tensor tb, {_PLAN_ARGS}, float slope, float gain, float clamp, int tile) '
+    '-> (Tensor, Tensor)'))
+def _filtered_lrelu_op(x, b, ta, tb, up, pa, gain_a, down, pb, gain_b, slope, gain, clamp, tile):
     y, codes = _ext(x).filtered_lrelu(x.contiguous(), b, ta, tb, None, 0, up, pa, gain_a, down, pb, gain_b, slope, gain,
-                                      clamp, CPU_TILE)
+                                      clamp, tile)
     return y, codes
 
 @torch.library.custom_op(f'{_NS}::filtered_lrelu_masked', mutates_args=(), schema=(
-    f'(Tensor g, Tensor codes, Tensor ta, Tensor tb, {_PLAN_ARGS}, float slope, float gain) -> Tensor'))
-def _filtered_lrelu_masked_op(g, codes, ta, tb, up, pa, gain_a, down, pb, gain_b, slope, gain):
+    f'(Tensor g, Tensor codes, Tensor ta, Tensor tb, {_PLAN_ARGS}, float slope, float gain, int tile) -> Tensor'))
+def _filtered_lrelu_masked_op(g, codes, ta, tb, up, pa, gain_a, down, pb, gain_b, slope, gain, tile):
     return _ext(g).filtered_lrelu(g.contiguous(), None, ta, tb, codes, 1, up, pa, gain_a, down, pb, gain_b, slope, gain,
-                                  -1.0, CPU_TILE)[0]
+                                  -1.0, tile)[0]
 
 def _fake_plan_outputs(x, ta, tb, up, pa, gain_a, down, pb, gain_b):
     (hu, wu), (ho, wo) = _Plan(up, tuple(pa), gain_a, down, tuple(pb), gain_b).sizes(x.shape[2], x.shape[3], ta, tb)
     return x.new_empty([x.shape[0], x.shape[1], ho, wo]), (hu, wu)
 
 @_filtered_lrelu_op.register_fake
-def _(x, b, ta, tb, up, pa, gain_a, down, pb, gain_b, slope, gain, clamp):
+def _(x, b, ta, tb, up, pa, gain_a, down, pb, gain_b, slope, gain, clamp, tile):
     y, (hu, wu) = _fake_plan_outputs(x, ta, tb, up, pa, gain_a, down, pb, gain_b)
     return y, x.new_empty([_code_words(x.shape[0], x.shape[1], hu, wu)], dtype=torch.int32)
 
 @_filtered_lrelu_masked_op.register_fake
-def _(g, codes, ta, tb, up, pa, gain_a, down, pb, gain_b, slope, gain):
+def _(g, codes, ta, tb, up, pa, gain_a, down, pb, gain_b, slope, gain, tile):
     return _fake_plan_outputs(g, ta, tb, up, pa, gain_a, down, pb, gain_b)[0]
 
 # %% ../nbs/01_ops.ipynb #91edc0f8
-def _plan_setup(ctx, x, ta, tb, plan_args, slope, gain, codes):
+def _plan_setup(ctx, x, ta, tb, plan_args, slope, gain, codes, tile):
     ctx.plan, ctx.size, ctx.slope, ctx.gain = _Plan(plan_args[0], tuple(plan_args[1]), plan_args[2], plan_args[3],
                                                     tuple(plan_args[4]), plan_args[5]), x.shape[2:], slope, gain
+    ctx.tile = tile                                                       # the backward runs with the same tiling
     ctx.save_for_backward(ta, tb, codes)
 
 def _masked_transposed(ctx, g):
     "Apply the transpose of ctx's masked map to g."
     ta, tb, codes = ctx.saved_tensors
     plan, ta2, tb2 = ctx.plan.transposed(*ctx.size, ta, tb)
-    return _filtered_lrelu_masked_op(g.contiguous(), codes, ta2, tb2, *plan.args(), ctx.slope, ctx.gain)
+    return _filtered_lrelu_masked_op(g.contiguous(), codes, ta2, tb2, *plan.args(), ctx.slope, ctx.gain, ctx.tile)
 
 def _filtered_lrelu_setup(ctx, inputs, output):
     x, b, ta, tb, *plan_args = inputs[:10]
-    _plan_setup(ctx, x, ta, tb, plan_args, inputs[10], inputs[11], output[1])
+    _plan_setup(ctx, x, ta, tb, plan_args, inputs[10], inputs[11], output[1], inputs[13])
     ctx.mark_non_differentiable(output[1])
 
 def _filtered_lrelu_backward(ctx, gy, _gcodes):
     gx = _masked_transposed(ctx, gy)                                      # A_u^T D A_d^T gy
     gb = gx.sum([0, 2, 3]) if ctx.needs_input_grad[1] else None
-    return gx, gb, *[None] * 11
+    return gx, gb, *[None] * 12                                        # 14 inputs
 
 def _masked_setup(ctx, inputs, output):
     g, codes, ta, tb, *plan_args = inputs[:10]
-    _plan_setup(ctx, g, ta, tb, plan_args, inputs[10], inputs[11], codes)
+    _plan_setup(ctx, g, ta, tb, plan_args, inputs[10], inputs[11], codes, inputs[12])
 
 def _masked_backward(ctx, gg):
-    return _masked_transposed(ctx, gg), *[None] * 11
+    return _masked_transposed(ctx, gg), *[None] * 12                    # 13 inputs
 
 _filtered_lrelu_op.register_autograd(_filtered_lrelu_backward, setup_context=_filtered_lrelu_setup)
 _filtered_lrelu_masked_op.register_autograd(_masked_backward, setup_context=_masked_setup)
 
 # %% ../nbs/01_ops.ipynb #df1dcaf4
-def _fused_filtered_lrelu(x, fu, fd, b, gu: Geometry, gd: Geometry, gain, slope, clamp, flip_filter):
+def _fused_filtered_lrelu(x, fu, fd, b, gu: Geometry, gd: Geometry, gain, slope, clamp, flip_filter, tile: int = 0):
     up, down = gu.up[0], gd.down[0]
     plan = _Plan(up, gu.pad, float(up * up), down, (0, 0, 0, 0), 1.0)       # stage a gain up^2 keeps DC
     ta, tb = _corr_taps(fu, flip_filter, x.device), _corr_taps(fd, flip_filter, x.device)
     clamp = -1.0 if clamp is None else float(clamp)
-    run = lambda x, b: _filtered_lrelu_op(x, b, ta, tb, *plan.args(), slope, gain, clamp)[0]
+    run = lambda x, b: _filtered_lrelu_op(x, b, ta, tb, *plan.args(), slope, gain, clamp, tile)[0]
     return _in_float32_on_cpu(run, x, b)

@@ -17,9 +17,10 @@ from .baseline import Chunk, RungA
 from .core import Config, check
 from .augment import diff_augment
 from .features import FeatureNetwork, frozen_conv, resize
+from .stylegan3 import ClassEmbedding
 
 # %% auto #0
-__all__ = ['HEAD_CHANNELS', 'frozen_mix', 'upsample2', 'FeatureProjector', 'ClassEmbedding', 'sn', 'down_block', 'nearest_octave',
+__all__ = ['HEAD_CHANNELS', 'frozen_mix', 'upsample2', 'FeatureProjector', 'sn', 'down_block', 'nearest_octave',
            'PatchDiscriminator', 'blur_sigma_at', 'gaussian_blur', 'ProjectedDiscriminator', 'reduce_patches',
            'hinge_d_loss', 'hinge_g_loss', 'feature_networks', 'projected_discriminator', 'spectral_sigmas', 'RungB']
 
@@ -57,27 +58,6 @@ class FeatureProjector(nn.Module):
             m = self.csm[l](upsample2(x))                            # $m_l$: (N, K_{l-1}, 2 s_l, 2 s_l)
             out.insert(0, m)
         return out
-
-# %% ../nbs/05_config_b.ipynb #54853dd2
-class ClassEmbedding(nn.Module):
-    "A table of class vectors: labels (N,) int64 or one-hot (N, c_dim) float -> (N, dim)."
-    def __init__(self, c_dim: int, dim: int, table: torch.Tensor | None = None, trainable: bool = True):
-        super().__init__()
-        check(c_dim >= 1 and dim >= 1, f"ClassEmbedding(c_dim={c_dim}, dim={dim}): both must be >= 1")
-        check(table is None or tuple(table.shape) == (c_dim, dim),
-              f"table of shape {None if table is None else tuple(table.shape)}: need ({c_dim}, {dim})")
-        self.c_dim, self.dim = c_dim, dim
-        init = table.detach().clone().float() if table is not None else torch.randn(c_dim, dim)
-        self.weight = nn.Parameter(init, requires_grad=trainable)
-
-    def forward(self, c: torch.Tensor) -> torch.Tensor:
-        if not c.is_floating_point():
-            check(c.ndim == 1 and (c.numel() == 0 or (0 <= c.min() and c.max() < self.c_dim)),
-                  f"class labels must be indices in [0, {self.c_dim}) of shape (N,); got shape {tuple(c.shape)}")
-            return F.embedding(c, self.weight)                      # (N, dim)
-        check(c.ndim == 2 and c.shape[1] == self.c_dim,
-              f"one-hot labels must have shape (N, {self.c_dim}); got {tuple(c.shape)}")
-        return c @ self.weight                                       # (N, c_dim) @ (c_dim, dim) -> (N, dim)
 
 # %% ../nbs/05_config_b.ipynb #c94047f6
 HEAD_CHANNELS = {4: 512, 8: 512, 16: 256, 32: 128, 64: 64, 128: 64, 256: 32, 512: 16, 1024: 8}  # by map size
@@ -148,7 +128,7 @@ class ProjectedDiscriminator(nn.Module):
         check(len(feature_nets) >= 1, "ProjectedDiscriminator needs at least one FeatureNetwork")
         check(class_embedding is None or c_dim > 0, "a class_embedding was given but c_dim=0: set c_dim")
         if c_dim and class_embedding is None: class_embedding = ClassEmbedding(c_dim, embed_dim)
-        embed_dim = getattr(class_embedding, 'dim', embed_dim)
+        embed_dim = getattr(class_embedding, 'embed_dim', embed_dim)
         self.c_dim, self.diffaug, self.cutout_ratio = c_dim, diffaug, cutout_ratio
         self.feature_nets = nn.ModuleList(feature_nets)
         self.projectors = nn.ModuleList(FeatureProjector(net.channels, ccm_channels) for net in feature_nets)

@@ -17,7 +17,7 @@ from .filters import LayerSpec, filter_schedule, layer_io, lowpass_filter
 from .ops import bias_act, filtered_lrelu
 
 # %% auto #0
-__all__ = ['FullyConnected', 'normalize_2nd_moment', 'labels_to_onehot', 'LabelEmbedding', 'MappingNetwork', 'translation_matrix',
+__all__ = ['FullyConnected', 'normalize_2nd_moment', 'labels_to_onehot', 'ClassEmbedding', 'MappingNetwork', 'translation_matrix',
            'rotation_matrix', 'content_transform', 'sample_grid', 'FourierInput', 'modulated_conv2d',
            'alias_free_padding', 'MagnitudeTracked', 'SynthesisLayer', 'ToRGB', 'SynthesisNetwork', 'Generator',
            'commit_pending', 'set_ops_impl', 'count_parameters']
@@ -60,16 +60,19 @@ def labels_to_onehot(c, c_dim: int, device=None, dtype=torch.float32) -> torch.T
           f"(N,) or one-hot (N, {c_dim}), got {type(c).__name__}")
     if c.ndim == 1 and not c.is_floating_point():
         if c.device.type != 'meta':                                        # (shapes only on meta)
-            check(bool(((c >= 0) & (c < c_dim)).all()), f"class indices must lie in 0..{c_dim - 1}")
+            check(bool(((c >= 0) & (c < c_dim)).all()),
+                  f"class labels must be indices in [0, {c_dim}), i.e. 0..{c_dim - 1}; "
+                  f"got values {c.min().item()}..{c.max().item()}")
         return F.one_hot(c.long(), c_dim).to(device=device or c.device, dtype=dtype)
     check(c.ndim == 2 and c.shape[1] == c_dim,
           f"labels of shape {tuple(c.shape)}: give class indices (N,) or one-hot rows (N, {c_dim})")
     return c.to(device=device or c.device, dtype=dtype)
 
-class LabelEmbedding(nn.Module):
+class ClassEmbedding(nn.Module):
     "Labels -> embeddings (N, embed_dim) through a table [rows >= c_dim, embed_dim]; the swappable conditioning input."
     def __init__(self, c_dim: int, embed_dim: int, table: torch.Tensor | None = None, trainable: bool = True):
         super().__init__()
+        check(c_dim >= 1 and embed_dim >= 1, f"ClassEmbedding(c_dim={c_dim}, embed_dim={embed_dim}): both must be >= 1")
         self.c_dim, self.embed_dim = c_dim, embed_dim
         table = torch.randn(c_dim, embed_dim) if table is None else table.detach().float().clone()
         check(table.ndim == 2 and table.shape[0] >= c_dim and table.shape[1] == embed_dim,
@@ -77,13 +80,20 @@ class LabelEmbedding(nn.Module):
         self.table = nn.Parameter(table, requires_grad=trainable)
 
     @classmethod
-    def from_table(cls, table: torch.Tensor, trainable: bool = True) -> 'LabelEmbedding':
+    def from_table(cls, table: torch.Tensor, trainable: bool = True) -> 'ClassEmbedding':
         "An embedding whose rows are `table` (e.g. pretrained class means, rung C)."
         return cls(table.shape[0], table.shape[1], table, trainable)
 
-    def forward(self, c) -> torch.Tensor:                       # (N,) or (N, c_dim) -> (N, embed_dim)
-        onehot = labels_to_onehot(c, self.c_dim, self.table.device, self.table.dtype)
+    def forward(self, c) -> torch.Tensor:
+        "Class indices (N,) or one-hot / soft rows (N, c_dim) -> $e(c) = \\mathrm{onehot}(c)\\,T$: (N, embed_dim)."
+        onehot = labels_to_onehot(c, self.c_dim, self.table.device, self.table.dtype)   # (N, c_dim)
         return onehot @ self.table[:self.c_dim]                 # a row lookup (a weighted mix for soft labels)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before G and D shared this class name D's table `weight` (projected.ClassEmbedding).
+        if prefix + 'weight' in state_dict and prefix + 'table' not in state_dict:
+            state_dict[prefix + 'table'] = state_dict.pop(prefix + 'weight')
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 # %% ../nbs/02_stylegan3.ipynb #13d82495
 class MappingNetwork(nn.Module):
@@ -94,7 +104,7 @@ class MappingNetwork(nn.Module):
         super().__init__()
         check(z_dim > 0 or c_dim > 0, "the mapping network needs z_dim > 0 or c_dim > 0")
         self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.w_avg_beta = z_dim, c_dim, w_dim, num_ws, w_avg_beta
-        self.embed = LabelEmbedding(c_dim, embed_dim) if c_dim else None
+        self.embed = ClassEmbedding(c_dim, embed_dim) if c_dim else None
         self.embed_proj = FullyConnected(embed_dim, embed_proj_dim, embed_activation) if c_dim else None
         dims = [z_dim + (embed_proj_dim if c_dim else 0)] + [w_dim] * num_layers
         self.fcs = nn.ModuleList([FullyConnected(a, b, 'lrelu', lr_mult) for a, b in zip(dims, dims[1:])])

@@ -280,7 +280,7 @@ def test_rung_c_models_train_both_tables_and_keep_lite0_frozen(tmp_path):
     ds = ShapesDataset(32, num_images=20)
     cfg = make_config('C', 'tiny')
     G, D, table, meta = rung_c_models(cfg, ds, device='cpu', cache=tmp_path)
-    E_G, E_D = G.mapping.embed.table, D.class_embedding.weight
+    E_G, E_D = G.mapping.embed.table, D.class_embedding.table
     assert table.shape == (10, 320) and G.mapping.c_dim == D.c_dim == 10 and meta['weights_source'] != 'random'
     assert torch.equal(E_G, table) and torch.equal(E_D, table) and E_G is not E_D   # same start, own copies
     assert G.mapping.embed_proj.out_features == cfg.embed_proj_dim
@@ -328,7 +328,7 @@ def test_apply_class_embeddings_checks_shapes(lite0_64):
         apply_class_embeddings(G, None, torch.full((3, 320), float('nan')))
     D = ProjectedDiscriminator([lite0_64], c_dim=3, ccm_channels=cfg.ccm_channels, embed_dim=320)
     apply_class_embeddings(G, D, table)
-    assert torch.equal(D.class_embedding.weight, table) and torch.equal(G.mapping.embed.table, table)
+    assert torch.equal(D.class_embedding.table, table) and torch.equal(G.mapping.embed.table, table)
 
 
 def test_rung_c_models_bad_config():

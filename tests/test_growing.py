@@ -314,8 +314,8 @@ def test_restart_discriminator(lite0):
     D0 = restart_discriminator(TINY, 3, table, [lite0])
     D1 = restart_discriminator(TINY, 3, table, [lite0])
     assert D1.feature_nets[0] is lite0 and D1.weights_sources == {LITE0: lite0.weights_source} != {LITE0: 'random'}
-    assert torch.equal(D1.class_embedding.weight, table) and D1.class_embedding.weight is not table
-    assert D1.class_embedding.weight.requires_grad
+    assert torch.equal(D1.class_embedding.table, table) and D1.class_embedding.table is not table
+    assert D1.class_embedding.table.requires_grad
     heads0 = [p for h in D0.heads for m in h for p in m.parameters()]
     heads1 = [p for h in D1.heads for m in h for p in m.parameters()]
     assert len(heads0) == len(heads1) and any(not torch.equal(a, b) for a, b in zip(heads0, heads1))
@@ -371,7 +371,7 @@ def test_tiny_rung_d_step(lite0):
     assert all(torch.equal(state[k], v) for k, v in frozen.items())                        # stem + mapping + table
     assert any(not torch.equal(state[k], v) for k, v in head.items())                      # the head trained
     assert all(torch.equal(v, lite_state[k]) for k, v in lite0.state_dict().items())       # lite0 frozen
-    assert not torch.equal(D.class_embedding.weight, table)                                 # D's table trains
+    assert not torch.equal(D.class_embedding.table, table)                                 # D's table trains
 
 
 # --- when to grow -------------------------------------------------------------------------------------------------

@@ -35,13 +35,6 @@ def cpu_build():
         pytest.fail(f"the CPU build of the fused ops failed: {ops_build.ops_status()['cpu']}")
 
 
-@pytest.fixture
-def cpu_tile():
-    "Run a test with the CPU build split into small tiles, as the CUDA kernel splits its work."
-    yield
-    ops.CPU_TILE = 0
-
-
 def lowpass(taps, cutoff=0.25):
     return ops.setup_filter(scipy.signal.firwin(taps, min(cutoff * 2, 0.9), fs=2))
 
@@ -143,23 +136,23 @@ FLRELU_CASES = [  # (up, down, fu taps, fd taps, padding, clamp)
 ]
 
 
-def flrelu_fn(up, down, fu, fd, padding, clamp, gain=math.sqrt(2), slope=0.2):
+def flrelu_fn(up, down, fu, fd, padding, clamp, gain=math.sqrt(2), slope=0.2, tile=0):
+    "filtered_lrelu(impl, x, b); `tile` > 0 splits the CPU build's work in tiles, as the CUDA kernel does."
     return lambda impl, x, b: ops.filtered_lrelu(x, fu, fd, b, up=up, down=down, padding=padding, gain=gain,
-                                                 slope=slope, clamp=clamp, impl=impl)
+                                                 slope=slope, clamp=clamp, impl=impl, cpu_tile=tile)
 
 
 @pytest.mark.parametrize('up,down,ku,kd,padding,clamp', FLRELU_CASES)
 @pytest.mark.parametrize('separable', [True, False])
 @pytest.mark.parametrize('tile', [0, 1, 5])
-def test_filtered_lrelu_fused_matches_reference(up, down, ku, kd, padding, clamp, separable, tile, cpu_tile):
-    ops.CPU_TILE = tile                                   # 0: one tile per plane; else the CUDA kernel's tiling
+def test_filtered_lrelu_fused_matches_reference(up, down, ku, kd, padding, clamp, separable, tile):
     fu = None if ku == 1 else lowpass(ku, 0.5 / up)
     fd = None if kd == 1 else lowpass(kd, 0.5 / down)
     if not separable:
         fu = None if fu is None else torch.outer(fu, fu)
         fd = None if fd is None else torch.outer(fd, fd)
     x, b = t64(RNG.normal(size=(2, 3, 10, 9))), t64(RNG.normal(size=3))
-    fn = flrelu_fn(up, down, fu, fd, padding, clamp)
+    fn = flrelu_fn(up, down, fu, fd, padding, clamp, tile=tile)   # tile 0: one tile per plane; else CUDA's tiling
     for r, c in zip(values_and_grads(fn, [x, b], 'ref'), values_and_grads(fn, [x, b], 'cpu')):
         assert_same(r, c, 1e-12, 'filtered_lrelu float64')
     for r, c in zip(values_and_grads(fn, [x.float(), b.float()], 'ref'), values_and_grads(fn, [x.float(), b.float()], 'cpu')):
@@ -169,12 +162,11 @@ def test_filtered_lrelu_fused_matches_reference(up, down, ku, kd, padding, clamp
 @pytest.mark.parametrize('up,down,ku,kd,padding,out', [(2, 2, 12, 12, (9, 8, 9, 8), 36), (4, 2, 24, 12, (-6, -9, -6, -9), 52),
                                                        (2, 2, 12, 12, (-11, -12, -11, -12), 16)])
 @pytest.mark.parametrize('tile', [0, 8])
-def test_filtered_lrelu_fused_stylegan3_t_layers(up, down, ku, kd, padding, out, tile, cpu_tile):
+def test_filtered_lrelu_fused_stylegan3_t_layers(up, down, ku, kd, padding, out, tile):
     "The exact geometries of StyleGAN3-T's layers (see test_ops.py), 38x38 inputs, clamp 256."
-    ops.CPU_TILE = tile
     fu, fd = lowpass(ku, 0.5 / up), lowpass(kd, 0.25)
     x, b = t64(RNG.normal(size=(2, 3, 38, 38)) * 100), t64(RNG.normal(size=3))      # large enough to hit the clamp
-    fn = flrelu_fn(up, down, fu, fd, padding, 256.0)
+    fn = flrelu_fn(up, down, fu, fd, padding, 256.0, tile=tile)
     got, want = values_and_grads(fn, [x, b], 'cpu'), values_and_grads(fn, [x, b], 'ref')
     assert got[0].shape == (2, 3, out, out)
     for r, c in zip(want, got):
@@ -193,20 +185,34 @@ def test_filtered_lrelu_fused_gradgradcheck(up, down, clamp):
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('tile', [0, 2])
-def test_filtered_lrelu_fused_at_kinks_and_clamp(dtype, tile, cpu_tile):
+def test_filtered_lrelu_fused_at_kinks_and_clamp(dtype, tile):
     """Upsampled samples exactly at 0 and at +-clamp. With fu = [1, 1] and up = 2 the upsampled signal is
     the input repeated (gain up^2 = 4 times taps 1/2 * 1/2), so it holds exact values: 0, the clamp
     boundary c/g, and values just past it. Values, gradients and double gradients agree exactly."""
-    ops.CPU_TILE = tile
     gain, slope, clamp = 2.0, 0.25, 1.0
     vals = [0.0, 0.5, -2.0, 0.5 + 2 ** -12, -2.0 - 2 ** -10, 0.25, -1.0, 3.0, -0.0]   # u = 0, +-c/g (for lrelu), past them
     x = torch.tensor(vals * 4, dtype=dtype)[:30].reshape(1, 1, 5, 6)
     x = torch.cat([x, -x.flip(-1)], 1)                                               # [1, 2, 5, 6]
     b = torch.zeros(2, dtype=dtype)
     for fu, fd, up, down, pad in [(None, None, 1, 1, 0), (ops.setup_filter([1, 1]), ops.setup_filter([1, 1]), 2, 2, 1)]:
-        fn = flrelu_fn(up, down, fu, fd, pad, clamp, gain=gain, slope=slope)
+        fn = flrelu_fn(up, down, fu, fd, pad, clamp, gain=gain, slope=slope, tile=tile)
         for r, c in zip(values_and_grads(fn, [x, b], 'ref'), values_and_grads(fn, [x, b], 'cpu')):
             assert torch.equal(r, c), (fu is None, r - c)
+
+
+@pytest.mark.parametrize('separable', [True, False])
+def test_filtered_lrelu_tile_size_is_an_argument_and_does_not_change_the_result(separable):
+    "The CPU build's tile size is an argument of the op (no module state): tiles 0, 3 and 8 give the same values and grads."
+    assert not hasattr(ops, 'CPU_TILE')
+    fu, fd = lowpass(12, 0.25), lowpass(12, 0.25)
+    if not separable: fu, fd = torch.outer(fu, fu), torch.outer(fd, fd)
+    x, b = t64(RNG.normal(size=(2, 3, 19, 17))), t64(RNG.normal(size=3))
+    runs = [values_and_grads(flrelu_fn(2, 2, fu, fd, (5, 6, 4, 7), 0.8, tile=t), [x, b], 'cpu') for t in (0, 3, 8)]
+    for other in runs[1:]:
+        for r, c in zip(runs[0], other):
+            assert_same(r, c, 1e-13, 'tile sizes')
+    with pytest.raises(ValueError, match='cpu_tile'):
+        ops.filtered_lrelu(x, fu, fd, b, up=2, down=2, padding=2, impl='cpu', cpu_tile=-1)
 
 
 def decode_codes(words: torch.Tensor, planes: int, hu: int, wu: int) -> np.ndarray:
@@ -217,16 +223,15 @@ def decode_codes(words: torch.Tensor, planes: int, hu: int, wu: int) -> np.ndarr
 
 
 @pytest.mark.parametrize('tile', [0, 1, 3, 7])
-def test_filtered_lrelu_codes(tile, cpu_tile):
+def test_filtered_lrelu_codes(tile):
     """The compact codes say, for each upsampled sample an output reads, whether it was positive (0),
     negative (1) or clamped (2) -- the same for every tiling -- in 2 bits per sample."""
-    ops.CPU_TILE = tile
     up, down, pad, gain, slope, clamp = 2, 2, (5, 6, 4, 7), 1.5, 0.2, 0.6
     fu, fd = lowpass(12, 0.25), lowpass(12, 0.25)
     x, b = torch.randn(2, 3, 11, 10), torch.randn(3)
     plan = ops._Plan(up, pad, float(up * up), down, (0, 0, 0, 0), 1.0)
     ta, tb = ops._corr_taps(fu, False, 'cpu'), ops._corr_taps(fd, False, 'cpu')
-    y, codes = ops._filtered_lrelu_op(x, b, ta, tb, *plan.args(), slope, gain, clamp)
+    y, codes = ops._filtered_lrelu_op(x, b, ta, tb, *plan.args(), slope, gain, clamp, tile)
     (hu, wu), (ho, wo) = plan.sizes(11, 10, ta, tb)
     assert codes.dtype == torch.int32 and codes.numel() == 6 * math.ceil(hu * wu / 16)   # 2 bits per sample
     u = ops._upfirdn2d_ref(x + b[:, None, None], fu, ops.Geometry((up, up), (1, 1), pad), False, up * up)
@@ -480,7 +485,7 @@ def test_cuda_codes_match_cpu_codes():
     fu, fd = lowpass(24, 0.125), lowpass(12, 0.25)
     x, b = torch.randn(2, 3, 36, 36), torch.randn(3)
     plan = ops._Plan(4, (13, 11, 13, 11), 16.0, 2, (0, 0, 0, 0), 1.0)
-    args = lambda d: (ops._corr_taps(fu, False, d), ops._corr_taps(fd, False, d), *plan.args(), 0.2, 1.4, 0.7)
+    args = lambda d: (ops._corr_taps(fu, False, d), ops._corr_taps(fd, False, d), *plan.args(), 0.2, 1.4, 0.7, 0)
     y_cpu, c_cpu = ops._filtered_lrelu_op(x, b, *args('cpu'))
     y_gpu, c_gpu = ops._filtered_lrelu_op(x.cuda(), b.cuda(), *args('cuda'))
     (hu, wu), (ho, wo) = plan.sizes(36, 36, fu, fd)

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from sgxl.core import DEIT_BASE, make_config, record_value
 from sgxl.features import FeatureNetwork
 from sgxl.augment import cutout, diff_augment
-from sgxl.projected import (ClassEmbedding, FeatureProjector, ProjectedDiscriminator, RungB, blur_sigma_at,
+from sgxl.projected import (FeatureProjector, ProjectedDiscriminator, RungB, blur_sigma_at,
                             gaussian_blur, hinge_d_loss, hinge_g_loss, projected_discriminator, spectral_sigmas)
+from sgxl.stylegan3 import ClassEmbedding
 
 
 def smooth_images(n, size=32, seed=0):
@@ -160,7 +161,27 @@ def test_projection_conditioning_uses_the_injected_embedding(lite0_64):
         onehot = D(x, F.one_hot(torch.tensor([3, 3]), 5).float())
     assert torch.equal(out[1], out[4]) and not torch.allclose(out[0], out[1])
     assert torch.allclose(onehot, out[3], atol=1e-6)
-    assert emb.weight.requires_grad and any(p is emb.weight for p in D.trainable_parameters())
+    assert emb.table.requires_grad and any(p is emb.table for p in D.trainable_parameters())
+
+
+def test_one_class_embedding_for_g_and_d_and_old_d_checkpoints_load(lite0_64):
+    "G and D share `stylegan3.ClassEmbedding`; a D written when D's table was `projected.ClassEmbedding.weight` loads."
+    import sgxl.projected
+    from pathlib import Path
+    from sgxl.stylegan3 import MappingNetwork
+    from sgxl.training import load_checkpoint
+    assert not hasattr(sgxl.projected, 'ClassEmbedding') or sgxl.projected.ClassEmbedding is ClassEmbedding
+    assert type(MappingNetwork(4, 3, 8, 2).embed) is ClassEmbedding is type(tiny_d(lite0_64, c_dim=3).class_embedding)
+    # written by main at 28b6223: the D of a rung-C-like model without its (pretrained, fixed) feature network
+    state, meta = load_checkpoint(Path(__file__).parent / 'fixtures' / 'legacy' / 'projected-d-rung-c.json')
+    assert 'class_embedding.weight' in state['D'] and 'class_embedding.table' not in state['D']
+    D = tiny_d(lite0_64, c_dim=3, head_channel_max=16, class_embedding=ClassEmbedding(3, 8), seed=1).eval()
+    old = {**{k: v for k, v in D.state_dict().items() if k.startswith('feature_nets.')}, **state['D']}
+    D.load_state_dict(old, strict=True)
+    assert torch.equal(D.class_embedding.table, state['D']['class_embedding.weight'])
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad(): logits = D(x, torch.tensor([0, 2]))
+    assert torch.allclose(logits, torch.tensor(meta['logits']), atol=1e-5)   # the old D's logits, from the new code
 
 
 def test_unconditional_and_label_errors(lite0_64):

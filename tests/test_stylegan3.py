@@ -10,7 +10,7 @@ import torch
 
 from sgxl.core import make_config
 from sgxl.filters import filter_schedule, layer_io, schedule_from_config
-from sgxl.stylegan3 import FourierInput, Generator, LabelEmbedding, count_parameters, translation_matrix
+from sgxl.stylegan3 import ClassEmbedding, FourierInput, Generator, count_parameters, translation_matrix
 
 
 @pytest.mark.parametrize('res, base, expected', [(256, 16384, 23_320_443), (256, 32768, 28_472_133),
@@ -84,11 +84,11 @@ def test_label_embedding_is_swappable():
     torch.manual_seed(0)
     G = Generator.from_config(make_config('A', 'tiny', embed_dim=8), c_dim=3)
     table = torch.randn(3, 8)
-    G.mapping.set_embedding(LabelEmbedding.from_table(table, trainable=False))
+    G.mapping.set_embedding(ClassEmbedding.from_table(table, trainable=False))
     assert torch.equal(G.mapping.embed(torch.tensor([2, 0])), table[[2, 0]])
     assert not G.mapping.embed.table.requires_grad
     with pytest.raises(ValueError, match='embed_dim'):
-        G.mapping.set_embedding(LabelEmbedding(3, 5))
+        G.mapping.set_embedding(ClassEmbedding(3, 5))
 
 
 def test_user_transform_per_sample():
@@ -188,7 +188,7 @@ def test_class_embedding_projection_is_fc_plus_leaky_relu():
     proj = e @ (m.embed_proj.weight * m.embed_proj.weight_gain).t() + m.embed_proj.bias
     assert torch.allclose(m.embed_proj(e), torch.nn.functional.leaky_relu(proj, 0.2) * math.sqrt(2), atol=1e-6)
     # a table may hold more rows than classes (the release keeps 1000): class i reads row i
-    emb = LabelEmbedding(3, 5, torch.randn(10, 5))
+    emb = ClassEmbedding(3, 5, torch.randn(10, 5))
     assert torch.equal(emb(torch.tensor([2])), emb.table[2:3])
 
 
