@@ -224,11 +224,11 @@ class OneHotLabels(torch.nn.Module):
         self.c_dim = self.embed_dim = c_dim                             # embed_dim: what `set_embedding` checks
         self.register_buffer('device_anchor', torch.zeros(0), persistent=False)   # follows G.to(device); not saved
 
-    def forward(self, c) -> torch.Tensor:                               # (N,) or (N, c_dim) -> (N, c_dim)
-        "Class indices (N,) or one-hot rows (N, c_dim) -> one-hot rows (N, c_dim), on the module's device."
+    def forward(self, c) -> torch.Tensor:
+        "Class indices (N,) or one-hot / soft rows (N, c_dim) -> float rows (N, c_dim), on the module's device."
         return labels_to_onehot(c, self.c_dim, self.device_anchor.device)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         "Classes, for print(module)."
         return f'{self.c_dim} classes, one-hot'
 

@@ -627,11 +627,14 @@ DEMO_METRICS = ('dfd500', 'dacc500', 'ddiv500')  # the demo's report: sgxl.domai
 DEMO_TARGETS = dict(dacc=0.8, dfd_ratio=0.5)      # visibly learnt: >= 80% read as their class, domain FD <= half of step 0's
 
 def demo_scores(trainer) -> dict[str, float]:
-    "The demo's domain metrics of G_ema now, against the current stage's data; the training RNG is left untouched."
+    """The demo's domain metrics of G_ema now, always against the data at the run's final resolution: a
+    progressive rung starts on its 16 px stem, and its step-0 numbers must use the same real images as its
+    last ones, or the 'half of step 0' target compares two resolutions. The training RNG is left untouched."""
     from sgxl.metrics import compute_metrics
+    final = trainer.dataset if trainer.dataset.resolution == trainer.cfg.resolution else \
+        load(trainer.cfg.data, resolution=trainer.cfg.resolution)
     with torch.random.fork_rng(devices=[]):
-        return compute_metrics(DEMO_METRICS, trainer.rung.G_ema, trainer.dataset, device=trainer.device,
-                               seed=trainer.cfg.seed)
+        return compute_metrics(DEMO_METRICS, trainer.rung.G_ema, final, device=trainer.device, seed=trainer.cfg.seed)
 
 def demo_report(before: dict[str, float], after: dict[str, float]) -> str:
     "A table of the demo's metrics at step 0 and at the end, with its targets and whether they were met."

@@ -345,7 +345,7 @@ def test_conditional_stylegan3_wrong_class_counts_are_clear_errors(tmp_path, cap
     pkl, _ = conditional_sg3t(tmp_path / 'cond.pkl', c_dim=10)
     G = load_pickle(pkl, impl='ref')
     z = torch.randn(2, 64)
-    with pytest.raises(ValueError, match=r'class indices must lie in 0\.\.9'):
+    with pytest.raises(ValueError, match=r'0\.\.9'):
         G(z, torch.tensor([3, 10]))
     with pytest.raises(ValueError, match=r'one-hot rows \(N, 10\)'):
         G(z, torch.zeros(2, 12))
