@@ -110,9 +110,12 @@ class Ablation:
         for name in self.metric_names(): parse_metric(name)                   # bad names fail now, not after training
 
     @property
-    def runs(self) -> Path: return self.outdir / 'runs'
+    def runs(self) -> Path:
+        "The folder holding one training run per rung."
+        return self.outdir / 'runs'
 
     def metric_names(self) -> list[str]:
+        "The metrics every rung is scored with: those asked for, else the default set for the sample count."
         return list(self.metrics) if self.metrics else ablation_metrics(self.num or default_num(self.preset))
 
     @functools.cached_property
@@ -203,6 +206,7 @@ class Resized(torch.nn.Module):
         self.G, self.z_dim, self.c_dim, self.img_resolution = G, G.z_dim, G.c_dim, resolution
 
     def forward(self, z, c=None, truncation_psi: float = 1.0, **kwargs) -> torch.Tensor:
+        "G's images (N, 3, r, r), resized bilinearly to (N, 3, R, R) when r != R."
         img = self.G(z, c, truncation_psi=truncation_psi, **kwargs)           # (N, 3, r, r)
         r = self.img_resolution
         if img.shape[-1] == r: return img
@@ -418,6 +422,7 @@ ABLATE_EXAMPLES = """examples:
 """
 
 def ablate_parser() -> argparse.ArgumentParser:
+    "The argument parser of `sgxl ablate`."
     p = argparse.ArgumentParser(prog='sgxl ablate', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Train the rungs of the ladder with the same data, budget and seed, score them with the same '
                     'metrics (rFID always; FID, IS, precision/recall when their weight files are present; EQ-T), and '

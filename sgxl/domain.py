@@ -45,6 +45,7 @@ def standardise(images: torch.Tensor, resolution: int = DOMAIN_RESOLUTION) -> to
     return (x - x.mean((2, 3), keepdim=True)) / x.std((1, 2, 3), keepdim=True).clamp_min(0.05)
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    "3x3 conv (no bias), batch norm, ReLU: one block of the domain classifier."
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 class DomainNet(nn.Module):
@@ -59,6 +60,7 @@ class DomainNet(nn.Module):
         self.classify = nn.Linear(DOMAIN_FEATURES, num_classes)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "Images (N, 3, H, W), uint8 or [-1, 1] -> (features (N, 128), logits (N, K))."
         h = self.body(standardise(images))                                       # (N, 4w, 4, 4)
         f = self.features(h.mean((2, 3), keepdim=True))                          # global average pool -> (N, 128)
         return f, self.classify(f)                                               # (N, 128), (N, K)
@@ -293,6 +295,7 @@ class ImageBank(nn.Module):
         self.next = [0] * num_classes
 
     def forward(self, z, c, truncation_psi: float = 1.0) -> torch.Tensor:
+        "For each row of one-hot labels c (N, K), the next stored image of that class (changed by `corrupt` if given)."
         out = []
         for y in c.argmax(1).tolist():
             pool = (self.labels == y).nonzero()[:, 0]

@@ -63,6 +63,7 @@ def offline() -> bool:
     return hub_offline() or os.environ.get('SGXL_OFFLINE', '').strip().lower() in ('1', 'true', 'yes', 'on')
 
 def missing_clip_message(model: str, tag: str, why: str) -> str:
+    "The error text when CLIP's weights cannot be found: the files to fetch and where to put them."
     import huggingface_hub.constants as hf
     files = clip_hub_files(model, tag)
     where = ' or '.join(f'{hub_endpoint()}/{r}/resolve/main/{n}' for r, n in files) or 'its release file'
@@ -192,7 +193,9 @@ class TextDirection:
     meta: dict = field(default_factory=dict)
 
     @property
-    def layers(self) -> list[str]: return list(self.tensors) if self.space == 'style' else []
+    def layers(self) -> list[str]:
+        "The style layers the direction moves (none for a direction in W)."
+        return list(self.tensors) if self.space == 'style' else []
 
     def check_fits(self, G: nn.Module) -> 'TextDirection':
         "A clear error unless G has the layers and sizes this direction was found for."
@@ -390,6 +393,7 @@ EDIT_EXAMPLES = """examples:
 """
 
 def edit_parser() -> argparse.ArgumentParser:
+    "The argument parser of `sgxl edit`."
     p = argparse.ArgumentParser(prog='sgxl edit', formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EDIT_EXAMPLES,
         description='Edit generated images or an inversion by a text prompt (StyleMC): find a global direction in the\n'
                     'style space (or W) that CLIP scores closer to the prompt, with an identity term that keeps the\n'

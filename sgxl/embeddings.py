@@ -298,6 +298,7 @@ def embeddings_main(argv: list[str]) -> int:
 class RungC(RungB):
     "Rung B with G and D conditioned on the dataset's pretrained class embeddings."
     def make_networks(self) -> tuple[nn.Module, nn.Module]:
+        "G and D with the pretrained class embeddings: the table of per-class lite0 means, in both G's mapping and D."
         check(self.dataset is not None, "rung C computes its class embeddings from the dataset: pass dataset= "
               "(a dataset from sgxl.data.load) when building the rung")
         models = rung_c_models(self.cfg.replace(c_dim=self.c_dim), self.dataset, device=self.device)

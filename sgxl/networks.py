@@ -361,6 +361,7 @@ EXPORT_EXAMPLES = """examples:
 """
 
 def export_parser() -> argparse.ArgumentParser:
+    "The argument parser of `sgxl export`."
     p = argparse.ArgumentParser(prog='sgxl export', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Write the EMA generator of a run as model.safetensors + config.json + README.md (a model card): '
                     'a folder that --network, sgxl.load_network and the Hugging Face hub take as it is.',

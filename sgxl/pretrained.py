@@ -44,11 +44,17 @@ class PersistentRecord:
     state: dict
 
     @property
-    def parameters(self) -> dict: return dict(self.state.get('_parameters') or {})
+    def parameters(self) -> dict:
+        "The object's own parameters (name -> tensor), from its pickled `__dict__`."
+        return dict(self.state.get('_parameters') or {})
     @property
-    def buffers(self) -> dict: return dict(self.state.get('_buffers') or {})
+    def buffers(self) -> dict:
+        "The object's own buffers (name -> tensor)."
+        return dict(self.state.get('_buffers') or {})
     @property
-    def modules(self) -> dict: return dict(self.state.get('_modules') or {})
+    def modules(self) -> dict:
+        "The object's sub-objects (name -> record), as nn.Module keeps them."
+        return dict(self.state.get('_modules') or {})
     def __repr__(self) -> str: return f'PersistentRecord({self.class_name!r}, version={self.version!r})'
 
 def _reconstruct_persistent_obj(meta) -> PersistentRecord:
@@ -69,13 +75,19 @@ class Opaque:
         return obj
     def __init__(self, *args, **kwargs): pass
     def __setstate__(self, state): self.state = state
-    def append(self, item): self.items.append(item)
-    def extend(self, items): self.items.extend(items)
+    def append(self, item):
+        "Record an item that pickle appends (a list built by the file)."
+        self.items.append(item)
+    def extend(self, items):
+        "Record the items that pickle extends a list with."
+        self.items.extend(items)
     def __setitem__(self, key, value): self.items.append((key, value))
     def __repr__(self) -> str: return f'Opaque({self.qualname})'
 
     @property
-    def parameters(self) -> dict: return dict((self.state or {}).get('_parameters') or {}) if isinstance(self.state, dict) else {}
+    def parameters(self) -> dict:
+        "The parameters in the recorded state, if it is a module's `__dict__`; else {}."
+        return dict((self.state or {}).get('_parameters') or {}) if isinstance(self.state, dict) else {}
 
 _OPAQUE: dict[str, type] = {}
 
@@ -121,6 +133,7 @@ def _allowed(module: str, name: str):
 class ReleaseUnpickler(pickle.Unpickler):
     "Reads a release pickle as data: trusted rebuilders, inert placeholders, standard-library names refused."
     def find_class(self, module: str, name: str):
+        "A trusted rebuilder, or an inert `Opaque` stand-in; standard-library names outside the allowed list are refused."
         found = _allowed(module, name)
         if found is not None: return found
         if module.split('.')[0] in sys.stdlib_module_names:
@@ -130,6 +143,7 @@ class ReleaseUnpickler(pickle.Unpickler):
         return opaque_class(module, name)
 
     def persistent_load(self, pid):
+        "Release pickles use no persistent ids: a file that does is not one (a torch.save checkpoint, say)."
         raise PickleFormatError(f"not a release pickle: it uses pickle's persistent ids ({str(pid)[:40]!r}), as "
                                 f"torch.save checkpoints do (read those with torch.load(path, weights_only=True))")
 
@@ -214,7 +228,9 @@ class OneHotLabels(torch.nn.Module):
         "Class indices (N,) or one-hot / soft rows (N, c_dim) -> float rows (N, c_dim), on the module's device."
         return labels_to_onehot(c, self.c_dim, self.device_anchor.device)
 
-    def extra_repr(self) -> str: return f'{self.c_dim} classes, one-hot'
+    def extra_repr(self) -> str:
+        "Classes, for print(module)."
+        return f'{self.c_dim} classes, one-hot'
 
 # %% ../nbs/15_pretrained.ipynb #cfa40898
 def synthesis_layers(G_rec: PersistentRecord) -> list[tuple[str, PersistentRecord]]:
@@ -460,6 +476,7 @@ def load_network_file(path, device='cpu') -> tuple[Generator, dict]:
 
 # %% ../nbs/15_pretrained.ipynb #02b922c8
 def convert_parser():
+    "The argument parser of `sgxl convert`."
     import argparse
     p = argparse.ArgumentParser(prog='sgxl convert', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Convert an official StyleGAN3-T or StyleGAN-XL network pickle into an sgxl network '
