@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,23 +55,27 @@ def main(argv=None) -> int:
     p.add_argument('notebooks', nargs='*', type=Path, help='notebooks to run (default: every nbs/*.ipynb)')
     p.add_argument('--threads', type=int, default=int(os.environ.get('SGXL_TEST_THREADS', '1')),
                    help='torch CPU threads per notebook (default 1, as the tests)')
+    p.add_argument('-j', '--jobs', type=int, default=1, help='notebooks run at once (default 1)')
     p.add_argument('--max-kb', type=int, default=400, help='largest allowed outputs per notebook, in KiB (default 400)')
     args = p.parse_args(argv)
     nbs = [n.resolve() for n in args.notebooks] or sorted((ROOT / 'nbs').glob('*.ipynb'))
-    failed = []
-    for nb in nbs:
-        if not nb.exists():
-            print(f'no notebook at {nb}'); failed.append(nb.name); continue
-        ok, secs, err = run_one(nb, args.threads)
-        if ok:
-            subprocess.run(['nbdev-clean', '--fname', str(nb)], cwd=ROOT, check=True)
-            kb = output_bytes(nb) / 1024
-            big = kb > args.max_kb
-            print(f'{nb.name:32s} {secs:6.1f} s  outputs {kb:7.1f} KiB{"  TOO LARGE (--max-kb)" if big else ""}', flush=True)
-            if big: failed.append(nb.name)
-        else:
-            print(f'{nb.name:32s} {secs:6.1f} s  FAILED (outputs not written)\n{err}', flush=True)
-            failed.append(nb.name)
+    missing = [nb for nb in nbs if not nb.exists()]
+    for nb in missing: print(f'no notebook at {nb}')
+    failed = [nb.name for nb in missing]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:                    # each notebook is its own process
+        runs = {nb: pool.submit(run_one, nb, args.threads) for nb in nbs if nb.exists()}
+        for nb, fut in runs.items():
+            ok, secs, err = fut.result()
+            if ok:
+                subprocess.run(['nbdev-clean', '--fname', str(nb)], cwd=ROOT, check=True)
+                kb = output_bytes(nb) / 1024
+                big = kb > args.max_kb
+                print(f'{nb.name:32s} {secs:6.1f} s  outputs {kb:7.1f} KiB{"  TOO LARGE (--max-kb)" if big else ""}',
+                      flush=True)
+                if big: failed.append(nb.name)
+            else:
+                print(f'{nb.name:32s} {secs:6.1f} s  FAILED (outputs not written)\n{err}', flush=True)
+                failed.append(nb.name)
     if failed: print('failed:', ' '.join(failed))
     return 1 if failed else 0
 
