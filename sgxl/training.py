@@ -174,6 +174,7 @@ class StatsLog:
         atomic_write(self.path, ''.join(l + '\n' for l in keep))
 
     def log(self, step: int, kimg: float, scalars: dict[str, float]):
+        "Append one row (step, kimg, scalars) to stats.jsonl and TensorBoard (rank 0 only)."
         if not self.enabled: return
         row = {'step': step, 'kimg': round(kimg, 6), **{k: float(v) for k, v in scalars.items()}}
         with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
@@ -182,9 +183,11 @@ class StatsLog:
             self.tb.flush()
 
     def read(self) -> list[dict]:
+        "Every row written so far."
         return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()] if self.path.exists() else []
 
     def close(self):
+        "Flush and close the TensorBoard writer."
         if self.tb is not None: self.tb.close()
 
 # %% ../nbs/10_training.ipynb #d1f256df
@@ -268,8 +271,16 @@ def check_before_training(cfg: Config):
 
 class Trainer:
     "One training run: data, the rung, the loop, snapshots, checkpoints. Every rank trains; rank 0 writes."
-    def __init__(self, cfg: Config, outdir='runs', resume=None, device=None, progress: bool = True,
-                 keep: int = 3, log_kimg: float | None = None, resume_changes: dict | None = None, init=None):
+    def __init__(self,
+                 cfg: Config,                         # the run's config (a resume uses the checkpoint's instead)
+                 outdir='runs',                       # parent folder of the run folders
+                 resume=None,                         # a run folder or checkpoint to continue
+                 device=None,                         # 'cpu', 'cuda', ...; None = a GPU if any (torchrun: the rank's)
+                 progress: bool = True,               # a progress bar on rank 0
+                 keep: int = 3,                       # checkpoints kept, besides best.*
+                 log_kimg: float | None = None,       # stats interval in kimg; None = min(1, snap_kimg / 4)
+                 resume_changes: dict | None = None,  # fields a resume may change (length, snapshot interval, ...)
+                 init=None):                          # a network whose weights start a new run (not with `resume`)
         check(init is None or resume is None, "--init starts a new run from a network's weights, --resume continues "
               "a run: give one of them")
         self.rank, self.world, self.device = init_distributed(device)
@@ -299,7 +310,9 @@ class Trainer:
         self.grid_z, self.grid_c = grid_latents(cfg.seed, self.rung.G.z_dim, cfg.c_dim)
 
     @property
-    def is_main(self) -> bool: return self.rank == 0
+    def is_main(self) -> bool:
+        "Rank 0: the process that writes files and prints."
+        return self.rank == 0
 
     def batch_now(self) -> tuple[int, int | None]:
         "(batch, batch_gpu) of the current stage: the rung's stage config once it exists, else stage 0's."
