@@ -20,8 +20,8 @@ from .stylegan3 import (ClassEmbedding, FullyConnected, Generator, commit_pendin
 
 # %% auto #0
 __all__ = ['Conv2dLayer', 'DiscriminatorBlock', 'minibatch_stddev', 'ResNetDiscriminator', 'd_logistic_loss',
-           'g_nonsaturating_loss', 'r1_penalty', 'ema_beta', 'update_ema', 'prepare_images', 'lazy_adam',
-           'optimizer_params', 'Chunk', 'global_draws', 'make_chunks', 'average_buffers', 'all_reduce_grads', 'RungA']
+           'g_nonsaturating_loss', 'r1_penalty', 'ema_beta', 'update_ema', 'lazy_adam', 'optimizer_params', 'Chunk',
+           'global_draws', 'make_chunks', 'average_buffers', 'all_reduce_grads', 'RungA']
 
 # %% ../nbs/04_config_a.ipynb #baf697c5
 class Conv2dLayer(nn.Module):
@@ -173,11 +173,9 @@ import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-def prepare_images(images: torch.Tensor, device) -> torch.Tensor:
-    "uint8 [0, 255] or float [-1, 1] images -> float32 [-1, 1] on `device`."
-    check(isinstance(images, torch.Tensor) and images.ndim == 4, "real images must be a tensor (N, C, H, W)")
-    if images.dtype == torch.uint8: images = images.float() / 127.5 - 1
-    return images.to(device=device, dtype=torch.float32)
+from fastcore.basics import patch
+
+from .data import prepare_images
 
 def lazy_adam(params, lr: float, betas, eps: float, interval: int, active: bool) -> torch.optim.Adam:
     """Adam for a network with a lazy regulariser every `interval` steps: lr and betas scaled by
@@ -362,24 +360,28 @@ class RungA:
         if self.d_reg_due(step_index): yield 'Dreg', self.opt_D, self.d_reg
 
 # %% ../nbs/04_config_a.ipynb #e6f4a8c0
-def _rung_autocast(self, phase: str):
+@patch
+def autocast(self: RungA, phase: str):
     "autocast for a phase: bf16/fp16 forward passes on CUDA; regularisers and CPU in float32."
     mp = self.cfg.mixed_precision
     if self.device.type != 'cuda' or mp == 'off' or phase.endswith('reg'): return contextlib.nullcontext()
     if mp == 'auto' and not torch.cuda.is_bf16_supported(): return contextlib.nullcontext()
     return torch.autocast('cuda', dtype=torch.float16 if mp == 'fp16' else torch.bfloat16)
 
-def _rung_scaler(self, phase: str):
+@patch
+def scaler(self: RungA, phase: str):
     "fp16 needs a gradient scaler (one per phase); bf16 and float32 do not."
     if self.device.type != 'cuda' or self.cfg.mixed_precision != 'fp16' or phase.endswith('reg'): return None
     return self.scalers.setdefault(phase, torch.amp.GradScaler('cuda'))
 
-def _rung_set_training(self, opt=None):
+@patch
+def set_training(self: RungA, opt=None):
     "Let only `opt`'s parameters require gradients (None: all trainable parameters again)."
     for o in (self.opt_G, self.opt_D):
         for p in optimizer_params(o): p.requires_grad_(opt is None or o is opt)
 
-def _rung_run_phase(self, name: str, opt, loss_fn, chunks: list[Chunk]) -> dict:
+@patch
+def run_phase(self: RungA, name: str, opt, loss_fn, chunks: list[Chunk]) -> dict:
     "One optimiser step: weighted backward over the chunks, all-reduce over processes, Adam step."
     self.set_training(opt)
     opt.zero_grad(set_to_none=True)
@@ -395,8 +397,9 @@ def _rung_run_phase(self, name: str, opt, loss_fn, chunks: list[Chunk]) -> dict:
     else: opt.step()
     return {k: float(v) for k, v in totals.items()}
 
-def _rung_step(self, real_images: torch.Tensor, real_labels=None, step_index: int = 0,
-               batch_gpu: int | None = None) -> dict:
+@patch
+def step(self: RungA, real_images: torch.Tensor, real_labels=None, step_index: int = 0,
+         batch_gpu: int | None = None) -> dict:
     "One training step on this rank's slice of the global batch: every due phase, then the EMA of G."
     real = prepare_images(real_images, self.device)
     check(real.shape[1:] == (self.img_channels, self.resolution, self.resolution),
@@ -420,24 +423,24 @@ def _rung_step(self, real_images: torch.Tensor, real_labels=None, step_index: in
     update_ema(self.G_ema, self.G, beta)
     return {**stats, 'ema_beta': beta}
 
-RungA.autocast, RungA.scaler, RungA.set_training = _rung_autocast, _rung_scaler, _rung_set_training
-def _rung_sum_over_ranks(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+@patch
+def sum_over_ranks(self: RungA, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     "Sum a list of tensors over processes (one all-reduce); unchanged for one process."
     if self.world == 1: return tensors
     flat = torch.cat([t.flatten() for t in tensors])
     torch.distributed.all_reduce(flat)
     return [f.view_as(t) for f, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
-RungA.run_phase, RungA.step, RungA.sum_over_ranks = _rung_run_phase, _rung_step, _rung_sum_over_ranks
-
 # %% ../nbs/04_config_a.ipynb #a8b6c0e2
-def _rung_state_dict(self) -> dict:
+@patch
+def state_dict(self: RungA) -> dict:
     "Weights, optimiser states and progress: everything needed to resume."
     return {'G': self.G.state_dict(), 'G_ema': self.G_ema.state_dict(), 'D': self.D.state_dict(),
             'opt_G': self.opt_G.state_dict(), 'opt_D': self.opt_D.state_dict(), 'nimg': self.nimg,
             'scalers': {k: s.state_dict() for k, s in self.scalers.items()}, 'extra': self.extra_state()}
 
-def _rung_load_state_dict(self, state: dict):
+@patch
+def load_state_dict(self: RungA, state: dict):
     "Restore what `state_dict` returned (the extra state first: it may rebuild networks, e.g. a later stage)."
     missing = {'G', 'G_ema', 'D', 'opt_G', 'opt_D', 'nimg'} - set(state)
     check(not missing, f"checkpoint state lacks {sorted(missing)}: was it written by a rung's state_dict()?")
@@ -447,13 +450,28 @@ def _rung_load_state_dict(self, state: dict):
     for k, s in state.get('scalers', {}).items(): self.scaler(k).load_state_dict(s)
     self.nimg = int(state['nimg'])
 
+@patch
 @torch.no_grad()
-def _rung_sample(self, z: torch.Tensor, c=None, truncation_psi: float = 1.0) -> torch.Tensor:
+def sample(self: RungA, z: torch.Tensor, c=None, truncation_psi: float = 1.0) -> torch.Tensor:
     "Images from the EMA generator."
     return self.G_ema(z.to(self.device), None if c is None else c.to(self.device), truncation_psi=truncation_psi)
 
-RungA.state_dict, RungA.load_state_dict, RungA.sample = _rung_state_dict, _rung_load_state_dict, _rung_sample
-RungA.after_step = lambda self: None                                         # hook: deferred updates of later rungs
-RungA.ema_nimg = lambda self: self.nimg                                      # hook: images the EMA ramp-up counts
-RungA.extra_state = lambda self: {}
-RungA.load_extra_state = lambda self, state: None
+@patch
+def after_step(self: RungA):
+    "Hook, at the end of each step (all phases done, G's EMA statistics committed): later rungs' deferred updates."
+    return None
+
+@patch
+def ema_nimg(self: RungA) -> int:
+    "Hook: the images the EMA ramp-up counts (all images seen, at rung A)."
+    return self.nimg
+
+@patch
+def extra_state(self: RungA) -> dict:
+    "Hook: a later rung's own checkpoint state (none at rung A)."
+    return {}
+
+@patch
+def load_extra_state(self: RungA, state: dict):
+    "Hook: restore what `extra_state` returned."
+    return None

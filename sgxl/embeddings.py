@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .baseline import prepare_images
 from .core import LITE0, Config, atomic_write, cache_home, check, get_device
-from .data import load
+from .data import load, prepare_images
 from .features import FeatureNetwork
 from .projected import ProjectedDiscriminator, RungB, projected_discriminator
 from .stylegan3 import ClassEmbedding, Generator

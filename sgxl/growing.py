@@ -17,9 +17,9 @@ from torch import nn
 from .core import LITE0, Config, check, is_pow2
 from .embeddings import RungC, apply_class_embeddings, class_embeddings
 from .features import FeatureNetwork
+from .filters import LayerSpec, filter_schedule, layer_io
 from .projected import ProjectedDiscriminator, blur_sigma_at, feature_networks
-from .stylegan3 import (ClassEmbedding, Generator, LayerSpec, SynthesisLayer, ToRGB, filter_schedule, layer_io,
-                            set_ops_impl)
+from .stylegan3 import ClassEmbedding, Generator, SynthesisLayer, ToRGB, set_ops_impl
 
 # %% auto #0
 __all__ = ['cut_critical', 'continue_schedule', 'stage_resolutions', 'head_layers_at', 'stage_schedule', 'growth_table',

@@ -15,7 +15,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from .baseline import Chunk, RungA
 from .core import Config, check
-from .data import diff_augment
+from .augment import diff_augment
 from .features import FeatureNetwork, frozen_conv, resize
 from .stylegan3 import ClassEmbedding
 
