@@ -20,13 +20,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import sgxl.data as data  # noqa: E402
+import sgxl.dataset_tool as dataset_tool  # noqa: E402
 
 
 def build(images: int, resolution: int) -> Path:
     path = ROOT / '.cache' / 'bench' / f'shapes{resolution}-{images}.zip'
     if not path.exists():
         t = time.perf_counter()
-        data.convert_dataset(f'shapes:num_images={images}', path, resolution=resolution, max_images=images,
+        dataset_tool.convert_dataset(f'shapes:num_images={images}', path, resolution=resolution, max_images=images,
                              workers=2, progress=False, log=lambda *a: None)
         print(f'built {path.relative_to(ROOT)} with `sgxl dataset` in {time.perf_counter() - t:.1f} s '
               f'({images / (time.perf_counter() - t):.0f} images/s, 2 workers)')

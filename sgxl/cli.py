@@ -16,10 +16,10 @@ __all__ = ['COMMANDS', 'build_parser', 'main', 'info_main']
 # name -> ("module:function", one-line help). Each function takes argv (a list of strings) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     'info': ('sgxl.cli:info_main', 'print versions and devices'),
-    'dataset': ('sgxl.data:dataset_main', 'convert images (class folders, flat folder, zip, shapes) into an sgxl dataset'),
+    'dataset': ('sgxl.dataset_tool:dataset_main', 'convert images (class folders, flat folder, zip, shapes) into an sgxl dataset'),
     'embeddings': ('sgxl.embeddings:embeddings_main', 'compute (and cache) the pretrained class embeddings of a dataset (rung C)'),
     'train': ('sgxl.training:train_main', 'train a rung A..F (no arguments: the CPU demo, rung F on shapes)'),
-    'metrics': ('sgxl.metrics:metrics_main', 'evaluate a trained generator: FID, sFID, rFID, IS, KID, precision/recall, EQ-T/EQ-R'),
+    'metrics': ('sgxl.evaluate:metrics_main', 'evaluate a trained generator: FID, sFID, rFID, IS, KID, precision/recall, EQ-T/EQ-R'),
     'generate': ('sgxl.explore:generate_main', 'sample a trained network: images per seed, class sheets, interpolation GIFs'),
     'invert': ('sgxl.inversion:invert_main', 'invert an image into a trained network (projection + PTI), report PSNR'),
     'edit': ('sgxl.editing:edit_main', 'edit samples or an inversion by a text prompt (StyleMC: a CLIP-guided style direction)'),

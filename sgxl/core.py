@@ -178,8 +178,11 @@ class Config:
         check(not unknown, f"unknown config field(s) {unknown}; valid fields: {', '.join(f.name for f in fields(self))}")
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict: return asdict(self)
+    def to_dict(self) -> dict:
+        "Every field, as a plain dict (tuples stay tuples; JSON turns them into lists)."
+        return asdict(self)
     def to_json(self, path=None, **kw) -> str:
+        "The config as JSON text; also written atomically to `path` when one is given."
         s = json.dumps(self.to_dict(), indent=2, **kw)
         if path is not None: atomic_write(path, s)
         return s
@@ -191,7 +194,9 @@ class Config:
         check(not unknown, f"unknown config field(s) {unknown} (written by a newer sgxl?)")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
     @classmethod
-    def from_json(cls, path) -> 'Config': return cls.from_dict(json.loads(Path(path).read_text()))
+    def from_json(cls, path) -> 'Config':
+        "The config in a JSON file written by `to_json` (unknown fields are an error)."
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
 # %% ../nbs/00_core.ipynb #b10fb6c6
 def check(ok: bool, message: str, exc: type = ValueError):

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .baseline import prepare_images
 from .core import LITE0, Config, atomic_write, cache_home, check, get_device
-from .data import load
+from .data import load, prepare_images
 from .features import FeatureNetwork
 from .projected import ProjectedDiscriminator, RungB, projected_discriminator
 from .stylegan3 import ClassEmbedding, Generator
@@ -298,6 +297,7 @@ def embeddings_main(argv: list[str]) -> int:
 class RungC(RungB):
     "Rung B with G and D conditioned on the dataset's pretrained class embeddings."
     def make_networks(self) -> tuple[nn.Module, nn.Module]:
+        "G and D with the pretrained class embeddings: the table of per-class lite0 means, in both G's mapping and D."
         check(self.dataset is not None, "rung C computes its class embeddings from the dataset: pass dataset= "
               "(a dataset from sgxl.data.load) when building the rung")
         models = rung_c_models(self.cfg.replace(c_dim=self.c_dim), self.dataset, device=self.device)

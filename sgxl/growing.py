@@ -17,9 +17,9 @@ from torch import nn
 from .core import LITE0, Config, check, is_pow2
 from .embeddings import RungC, apply_class_embeddings, class_embeddings
 from .features import FeatureNetwork
+from .filters import LayerSpec, filter_schedule, layer_io
 from .projected import ProjectedDiscriminator, blur_sigma_at, feature_networks
-from .stylegan3 import (ClassEmbedding, Generator, LayerSpec, SynthesisLayer, ToRGB, filter_schedule, layer_io,
-                            set_ops_impl)
+from .stylegan3 import ClassEmbedding, Generator, SynthesisLayer, ToRGB, set_ops_impl
 
 # %% auto #0
 __all__ = ['cut_critical', 'continue_schedule', 'stage_resolutions', 'head_layers_at', 'stage_schedule', 'growth_table',
@@ -185,12 +185,18 @@ class ProgressiveGenerator(Generator):
     @classmethod
     def from_config(cls, cfg: Config, c_dim: int | None = None, img_channels: int = 3, stage: int = 0,
                     up: int | None = None) -> 'ProgressiveGenerator':
+        "The generator of `cfg` at `stage` (0 = the stem alone), with `Generator.from_config`'s argument order."
         return cls(cfg, c_dim, stage, img_channels, up)
 
     @property
-    def stage(self) -> int: return len(self.resolutions) - 1
+    def stage(self) -> int:
+        "Index of the current stage: 0 for the stem, one more per head grown."
+        return len(self.resolutions) - 1
+
     @property
-    def num_frozen_layers(self) -> int: return self.head_start if self.stem_frozen else 0
+    def num_frozen_layers(self) -> int:
+        "Synthesis layers before the newest head while the stem is frozen (they do not train); else 0."
+        return self.head_start if self.stem_frozen else 0
 
     def frozen_modules(self) -> list[nn.Module]:
         "Mapping network and the layers before the head while the stem is frozen (the Fourier input trains); else []."
@@ -219,6 +225,7 @@ class ProgressiveGenerator(Generator):
         return self
 
     def extra_repr(self) -> str:
+        "Stage, resolutions, layer count and frozen layers, for print(G)."
         return (f"stage {self.stage} ({' -> '.join(map(str, self.resolutions))}), {len(self.synthesis.layers) - 1} "
                 f"layers + ToRGB, {self.num_frozen_layers} frozen")
 
@@ -319,12 +326,17 @@ class StagePolicy:
 
     @classmethod
     def from_config(cls, cfg: Config, up: int | None = None) -> 'StagePolicy':
+        "The policy of `cfg`: its number of stages, stage_kimg and stage_patience."
         return cls(len(stage_resolutions(cfg, up)), cfg.stage_kimg, cfg.stage_patience)
 
     @property
-    def last_stage(self) -> bool: return self.stage == self.num_stages - 1
+    def last_stage(self) -> bool:
+        "Is this the stage at the final resolution (nothing left to grow)?"
+        return self.stage == self.num_stages - 1
 
-    def record_fid(self, fid: float): self.fids.append(float(fid))
+    def record_fid(self, fid: float):
+        "Note the FID of the current stage's latest evaluation (`should_grow` reads the history)."
+        self.fids.append(float(fid))
 
     def should_grow(self, kimg: float) -> bool:
         "Is it time to move to the next stage, `kimg` thousand images into the run?"
@@ -338,8 +350,12 @@ class StagePolicy:
         self.stage, self.stage_start_kimg, self.fids = self.stage + 1, float(kimg), []
         return self.stage
 
-    def state_dict(self) -> dict: return asdict(self)
+    def state_dict(self) -> dict:
+        "Every field, as a checkpointable dict."
+        return asdict(self)
+
     def load_state_dict(self, state: dict):
+        "Restore what `state_dict` returned; unknown keys are an error."
         unknown = set(state) - {f.name for f in fields(self)}
         check(not unknown, f"StagePolicy state has unknown keys {sorted(unknown)}")
         for k, v in state.items(): setattr(self, k, list(v) if k == 'fids' else v)
@@ -359,9 +375,12 @@ class RungD(RungC):
     progressive = True
 
     @staticmethod
-    def data_resolution(cfg: Config) -> int: return cfg.stem_resolution      # the data the first stage trains on
+    def data_resolution(cfg: Config) -> int:
+        "The first stage trains on data at stem_resolution (later stages resize the data to their own)."
+        return cfg.stem_resolution
 
     def make_networks(self) -> tuple[nn.Module, nn.Module]:
+        "G and D of stage 0 (the stem), the stage policy, and the class-embedding table every stage shares."
         self.base_cfg = self.cfg                                              # the run's; self.cfg: the stage's
         self.stage_best, self.stage_best_fid = None, math.inf                 # the stage's best G_ema (by FID)
         cfg = self.cfg.replace(c_dim=self.c_dim)
@@ -391,7 +410,10 @@ class RungD(RungC):
         return self.base_cfg.replace(batch=batch, batch_gpu=batch_gpu)
 
     @property
-    def stage(self) -> int: return self.G.stage
+    def stage(self) -> int:
+        "The stage G is at (0 = stem)."
+        return self.G.stage
+
     def ema_nimg(self) -> int:
         "Images of this stage: each stage restarts G_ema's ramp-up with its new head, as each released run does."
         return self.nimg - round(self.policy.stage_start_kimg * 1000)
@@ -399,9 +421,13 @@ class RungD(RungC):
         "Path length on the stem only: off in the super-resolution stages (StyleGAN-XL), see above."
         return super().g_reg_active() and self.stage == 0
     def blur_sigma(self) -> float:
+        "Rung B's fading blur, restarted with each stage: $\\sigma_0 \\max(0, 1 - (t - t_{stage}) / t_{fade})$."
         return blur_sigma_at(self.kimg - self.policy.stage_start_kimg, self.cfg.blur_sigma, self.cfg.blur_fade_kimg)
 
-    def should_grow(self) -> bool: return self.policy.should_grow(self.kimg)
+    def should_grow(self) -> bool:
+        "Time for the next stage? After stage_kimg, or when FID has stopped improving (`StagePolicy`)."
+        return self.policy.should_grow(self.kimg)
+
     def record_fid(self, fid: float):
         "Note a FID of G_ema; keep a copy of G_ema when it is the stage's best (the next stage grows it)."
         self.policy.record_fid(fid)
@@ -423,6 +449,7 @@ class RungD(RungC):
         return self.resolution
 
     def extra_state(self) -> dict:
+        "Rung B's state, plus the stage, the policy, the class table and the stage's best G_ema so far."
         return {**super().extra_state(), 'stage': self.stage, 'policy': self.policy.state_dict(),
                 'class_table': self.class_table, 'stage_best': self.stage_best, 'stage_best_fid': self.stage_best_fid}
 

@@ -74,7 +74,9 @@ class GuidanceClassifier(nn.Module):
         self.requires_grad_(False).eval()
 
     @property
-    def kind(self) -> str: return self.info['kind']                          # 'deit' or 'probe'
+    def kind(self) -> str:
+        "'deit' (ImageNet's DeiT-S for ImageNet labels) or 'probe' (a linear probe trained on the dataset)."
+        return self.info['kind']
 
     @property
     def accuracy(self) -> float | None:
@@ -82,17 +84,21 @@ class GuidanceClassifier(nn.Module):
         return self.info.get('heldout_accuracy')
 
     def train(self, mode: bool = True) -> 'GuidanceClassifier':
-        return super().train(False)                                          # frozen: always in eval mode
+        "Always eval mode: the classifier is frozen (no dropout, no batch-norm updates)."
+        return super().train(False)
 
     def requires_grad_(self, requires_grad: bool = True) -> 'GuidanceClassifier':
-        return super().requires_grad_(False)                                 # frozen: never trainable
+        "Never trainable: gradients flow through it to the images, not into its weights."
+        return super().requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        "Logits (N, K) of images (N, 3, H, W) in [-1, 1]: head(encoder(images))."
         check(images.ndim == 4 and images.shape[1] == 3,
               f"GuidanceClassifier wants images (N, 3, H, W) in [-1, 1]; got shape {tuple(images.shape)}")
         return self.head(self.encoder(images))                               # (N, D) -> (N, K)
 
     def extra_repr(self) -> str:
+        "Kind, classes, weights and held-out accuracy, for print(classifier)."
         acc = '' if self.accuracy is None else f', held-out accuracy={self.accuracy:.3f}'
         return f"{self.kind}, {self.num_classes} classes, weights={self.info.get('weights_source')!r}{acc}"
 
@@ -107,11 +113,13 @@ class ImageNetLogits(nn.Module):
         self.register_buffer('std', torch.tensor(cfg['std']).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        "ImageNet logits (N, 1000) of images (N, 3, H, W) in [-1, 1]."
         x = resize(images, self.resolution)                       # (N, 3, R, R)
         x = ((x + 1) / 2 - self.mean) / self.std                  # $x' = (\frac{x + 1}{2} - \mu) / \sigma$
         return self.backbone(x)                                   # (N, 1000)
 
 def deit_missing_message(error: Exception) -> str:
+    "The error text when DeiT-S's ImageNet weights cannot be found: where to put them, or how to do without."
     hub = get_pretrained_cfg(DEIT_SMALL).hf_hub_id
     return (f"Classifier guidance on ImageNet labels uses {DEIT_SMALL}, and its ImageNet weights are not "
             f"available here. Provide them as a local file: make_config(..., classifier='/path/to/{DEIT_SMALL}"
@@ -136,9 +144,12 @@ class PooledFeatures(nn.Module):
         self.dim = sum(self.net.channels)                                   # 24 + 40 + 112 + 320
 
     @property
-    def weights_source(self) -> str: return self.net.weights_source
+    def weights_source(self) -> str:
+        "Where lite0's weights came from (a file, the hub, or 'random' when asked for)."
+        return self.net.weights_source
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        "Images (N, 3, H, W) in [-1, 1] -> pooled features (N, 496)."
         # $f = [\bar F_1, \bar F_2, \bar F_3, \bar F_4]$ with $\bar F_l = \frac{1}{hw} \sum_{y, x} F_l[:, :, y, x]$
         return torch.cat([m.mean((2, 3)) for m in self.net(images)], 1)    # 4 x (N, C_l, h, w) -> (N, 496)
 
@@ -151,6 +162,7 @@ class ProbeHead(nn.Module):
         self.linear = nn.Linear(dim, num_classes)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
+        "Logits $W (f - \\mu) / \\sigma + b$: features (N, D) -> (N, K)."
         return self.linear((f - self.mu) / self.sigma)                      # (N, D) -> (N, K)
 
 # %% ../nbs/09_config_f.ipynb #a5c4351d
@@ -362,6 +374,7 @@ def make_classifier(cfg: Config, dataset, imagenet: bool | None = None, cache_di
 class RungF(RungD):
     "Rung E plus classifier guidance: G's loss += cls_weight * CE(classifier(G(z, c)), c) from 32x32 on."
     def build(self):
+        "Rung E's networks and optimisers, plus the frozen guidance classifier (DeiT-S for ImageNet labels, else a probe)."
         check(self.c_dim > 0, f"rung F adds classifier guidance, which needs class labels, and the dataset "
               f"{getattr(self.dataset, 'name', self.cfg.data)!r} has none: train --cfg E on it (everything of F but the "
               f"guidance and the class embeddings: progressive growing, both feature networks), or give a labelled "
@@ -372,6 +385,8 @@ class RungF(RungD):
                            if data is not None else None)
 
     def g_loss(self, b: Chunk):
+        """$L_G = -D(G(z, c), c) + \\lambda_{cls}\\,\\mathrm{CE}(C(G(z, c)), c)$ with $\\lambda_{cls}$ = cls_weight; the
+        guidance term is 0 below cls_min_resolution."""
         fake = self.generate(b)
         loss = hinge_g_loss(self.discriminate(fake, b.c_g), **self.adv_reduce())   # $-D(G(z))$, summed as released
         guide = guidance_loss(self.classifier, fake, b.c_g, self.cfg.cls_weight, self.resolution,

@@ -15,7 +15,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from .baseline import Chunk, RungA
 from .core import Config, check
-from .data import diff_augment
+from .augment import diff_augment
 from .features import FeatureNetwork, frozen_conv, resize
 from .stylegan3 import ClassEmbedding
 
@@ -48,9 +48,11 @@ class FeatureProjector(nn.Module):
         self.requires_grad_(False)
 
     def requires_grad_(self, requires_grad: bool = True) -> 'FeatureProjector':
-        return super().requires_grad_(False)  # frozen: never trainable
+        "Always frozen: CCM and CSM stay the random projections they were drawn as, whatever is asked."
+        return super().requires_grad_(False)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        "4 maps $f_l$ (N, C_l, s_l, s_l), fine to coarse -> 4 mixed maps $m_l$ (N, out_channels[l], 2 s_l, 2 s_l)."
         y = [ccm(f) for ccm, f in zip(self.ccm, feats)]             # $y_l = W_l f_l + b_l$: (N, K_l, s_l, s_l)
         out, m = [], None
         for l in (3, 2, 1, 0):
@@ -93,6 +95,8 @@ class PatchDiscriminator(nn.Module):
         self.embed_proj = sn(nn.Linear(embed_dim, cmap_dim)) if cmap_dim else None
 
     def forward(self, x: torch.Tensor, embed: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch logits (N, p*p) of one feature map x (N, C, s, s): unconditional $\\phi(x)$, or by projection
+        $\\langle \\phi(x), P e(c) \\rangle / \\sqrt{M}$ with the class embedding `embed` (N, E)."""
         phi = self.out(self.body(x))                                 # (N, M, p, p)
         if self.cmap_dim == 0: return phi.flatten(1)                 # (N, p*p)
         check(embed is not None, "this discriminator is class-conditional: pass the labels c")
@@ -120,10 +124,16 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 # %% ../nbs/05_config_b.ipynb #dec379b3
 class ProjectedDiscriminator(nn.Module):
     "D(images in [-1, 1] (N, 3, H, W), labels c) -> patch logits (N, P) over frozen feature networks."
-    def __init__(self, feature_nets: Sequence[FeatureNetwork], c_dim: int = 0,
-                 ccm_channels: Sequence[int] = (64, 128, 256, 512), cmap_dim: int = 64,
-                 class_embedding: nn.Module | None = None, embed_dim: int = 64, diffaug: str = '',
-                 cutout_ratio: float = 0.2, head_channel_max: int = 512):
+    def __init__(self,
+                 feature_nets: Sequence[FeatureNetwork],              # frozen pretrained networks, 4 maps each (B-D: lite0; E: + DeiT)
+                 c_dim: int = 0,                                      # number of classes; 0 = unconditional
+                 ccm_channels: Sequence[int] = (64, 128, 256, 512),   # CCM output channels per scale (Projected GAN)
+                 cmap_dim: int = 64,                                  # width M of the projection conditioning
+                 class_embedding: nn.Module | None = None,            # labels -> (N, E); None = a new `ClassEmbedding`
+                 embed_dim: int = 64,                                 # E of that new embedding (rung C: 320, pretrained)
+                 diffaug: str = '',                                   # DiffAugment policy on D's inputs (B+: 'color,translation,cutout')
+                 cutout_ratio: float = 0.2,                           # cutout side / image side (Projected GAN: 0.2)
+                 head_channel_max: int = 512):                        # cap on each patch head's channels
         super().__init__()
         check(len(feature_nets) >= 1, "ProjectedDiscriminator needs at least one FeatureNetwork")
         check(class_embedding is None or c_dim > 0, "a class_embedding was given but c_dim=0: set c_dim")
@@ -142,17 +152,23 @@ class ProjectedDiscriminator(nn.Module):
         self.class_embedding = class_embedding
 
     @property
-    def num_feature_nets(self) -> int: return len(self.feature_nets)
+    def num_feature_nets(self) -> int:
+        "K, the frozen feature networks (1 in rungs B-D, 2 in E)."
+        return len(self.feature_nets)
 
     @property
-    def num_discriminators(self) -> int: return sum(len(h) for h in self.heads)
+    def num_discriminators(self) -> int:
+        "Patch discriminators in all: 4 scales per feature network."
+        return sum(len(h) for h in self.heads)
 
     @property
     def weights_sources(self) -> dict[str, str]:
         "Where each feature network's weights came from ('random' when asked for): for the run's metadata."
         return {net.name: net.weights_source for net in self.feature_nets}
 
-    def frozen_modules(self) -> list[nn.Module]: return [self.feature_nets, self.projectors]
+    def frozen_modules(self) -> list[nn.Module]:
+        "The parts that never train: the feature networks and their CCM/CSM projectors."
+        return [self.feature_nets, self.projectors]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         "The heads' and the class embedding's parameters: what the optimiser gets."
@@ -160,11 +176,14 @@ class ProjectedDiscriminator(nn.Module):
         return [p for p in self.parameters() if id(p) not in frozen]
 
     def requires_grad_(self, requires_grad: bool = True) -> 'ProjectedDiscriminator':
+        "Switch gradients of the trainable parts only; the frozen modules stay frozen."
         for p in self.trainable_parameters(): p.requires_grad_(requires_grad)
         return self
 
     def forward(self, images: torch.Tensor, c: torch.Tensor | None = None, blur_sigma: float = 0.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """$D(x, c)$: blur x by `blur_sigma`, augment it (training mode), run each frozen network and its projector,
+        and return every head's patch logits side by side, (N, P)."""
         check(images.ndim == 4 and images.shape[1] == 3,
               f"D wants images (N, 3, H, W) in [-1, 1]; got shape {tuple(images.shape)}")
         check((c is not None) == (self.c_dim > 0), f"D has c_dim={self.c_dim}: "
@@ -232,26 +251,39 @@ class RungB(RungA):
     "Rung A with the Projected GAN discriminator, hinge loss, blur, no R1, late path length."
     pl_decay = 0.01                                                       # running mean of path lengths (StyleGAN2)
 
-    def make_D(self) -> nn.Module: return projected_discriminator(self.cfg, self.c_dim)
-    def d_trainable(self) -> list: return list(self.D.trainable_parameters())
+    def make_D(self) -> nn.Module:
+        "The projected discriminator of the config (frozen lite0 features, CCM/CSM, 4 patch heads)."
+        return projected_discriminator(self.cfg, self.c_dim)
+
+    def d_trainable(self) -> list:
+        "D's optimiser sees the heads and the class embedding only; feature networks and projectors are frozen."
+        return list(self.D.trainable_parameters())
 
     def build(self):
+        "Rung A's networks and optimisers, plus the running mean $a$ of path lengths (starts at 0: not yet seen)."
         super().build()
         self.pl_mean = torch.zeros([], device=self.device)                # $a$
         self._pl_pending = None
 
-    def blur_sigma(self) -> float: return blur_sigma_at(self.kimg, self.cfg.blur_sigma, self.cfg.blur_fade_kimg)
-    def discriminate(self, images, c) -> torch.Tensor: return self.D(images, c, blur_sigma=self.blur_sigma())
+    def blur_sigma(self) -> float:
+        "$\\sigma(t) = \\sigma_0 \\max(0, 1 - t / t_{fade})$ in pixels, t in kimg: D's inputs are blurred early on."
+        return blur_sigma_at(self.kimg, self.cfg.blur_sigma, self.cfg.blur_fade_kimg)
+
+    def discriminate(self, images, c) -> torch.Tensor:
+        "$D(\\mathrm{blur}_{\\sigma(t)}(x), c)$: patch logits (N, P)."
+        return self.D(images, c, blur_sigma=self.blur_sigma())
 
     def adv_reduce(self) -> dict:
         "How the hinge loss reduces: over the D's feature networks, summed (the release) or averaged."
         return dict(nets=self.D.num_feature_nets, summed=self.cfg.adv_loss_sum)
 
     def g_loss(self, b: Chunk):
+        "Hinge G loss $L_G = -D(G(z), c)$, averaged over patches, summed over samples and networks (`adv_reduce`)."
         loss = hinge_g_loss(self.discriminate(self.generate(b), b.c_g), **self.adv_reduce())   # $-D(G(z))$
         return loss, {'loss/G': loss}
 
     def d_loss(self, b: Chunk):
+        "Hinge D loss $L_D = \\max(0, 1 - D(x, c)) + \\max(0, 1 + D(G(z), c))$, reduced as `adv_reduce` says."
         with torch.no_grad(): fake = self.G(b.z_d, b.c_d)
         real_logits, fake_logits = self.discriminate(b.real, b.c), self.discriminate(fake, b.c_d)
         loss = hinge_d_loss(real_logits, fake_logits, **self.adv_reduce())
@@ -263,6 +295,7 @@ class RungB(RungA):
         return self.cfg.pl_weight > 0
 
     def g_reg_due(self, step_index: int) -> bool:
+        "Path length runs lazily, on G steps $i \\equiv 0 \\pmod{pl\\_interval}$, and only once kimg >= pl_start_kimg."
         cfg = self.cfg
         return self.g_reg_active() and self.kimg >= cfg.pl_start_kimg and step_index % cfg.pl_interval == 0
 
@@ -289,6 +322,10 @@ class RungB(RungA):
         mean = total / count
         self.pl_mean = mean if self.pl_mean == 0 else self.pl_mean.lerp(mean, self.pl_decay)
 
-    def extra_state(self) -> dict: return {'pl_mean': self.pl_mean}
+    def extra_state(self) -> dict:
+        "What a checkpoint keeps beyond networks and optimisers: the running mean $a$ of path lengths."
+        return {'pl_mean': self.pl_mean}
+
     def load_extra_state(self, state: dict):
+        "Restore $a$ from `extra_state` (a checkpoint without it keeps the current value)."
         if 'pl_mean' in state: self.pl_mean = state['pl_mean'].to(self.device)

@@ -13,7 +13,8 @@ import pytest
 from sgxl.ablation import (Ablation, ablate_main, ablate_parser, ablation_from_args, ablation_metrics,
                            is_finished, plan_metrics, run_ablation, train_rung)
 from sgxl.metrics import INCEPTION_FILES, VGG16_FILES
-from sgxl.training import StatsLog, list_checkpoints
+from sgxl.checkpoint import list_checkpoints
+from sgxl.training import StatsLog
 
 METRICS = ['rfid8', 'eqt4_int']
 

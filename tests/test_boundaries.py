@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from sgxl.core import make_config
-from sgxl.training import (StatsLog, Trainer, build_generator, check_before_training, list_checkpoints,
-                           load_checkpoint, train_main)
+from sgxl.checkpoint import build_generator, list_checkpoints, load_checkpoint
+from sgxl.training import StatsLog, Trainer, check_before_training, train_main
 
 DATA = 'shapes:num_images=40'
 STEP = 0.004                                       # kimg per step at batch 4
@@ -182,9 +182,9 @@ def test_a_missing_inception_file_is_an_error_before_the_first_step(tmp_path, mo
 
 
 def test_a_metric_that_raises_at_a_snapshot_keeps_that_snapshots_checkpoint(tmp_path, monkeypatch, capsys):
-    import sgxl.metrics
+    import sgxl.training
     def broken(*args, **kwargs): raise RuntimeError('the metric broke')
-    monkeypatch.setattr(sgxl.metrics, 'compute_metrics', broken)
+    monkeypatch.setattr(sgxl.training, 'compute_metrics', broken)          # the name the loop calls
     code = train_main([*TINY_A, '--kimg', '0.016', '--snap', '0.008', '--metrics', 'rfid8',
                        '--outdir', str(tmp_path)])
     err = capsys.readouterr().err
@@ -211,7 +211,7 @@ METRICS_SCRIPT = '''
 import json, sys
 from sgxl.core import make_config, seed_everything
 from sgxl.data import load
-from sgxl.metrics import compute_metrics
+from sgxl.evaluate import compute_metrics
 from sgxl.stylegan3 import Generator
 from sgxl.training import init_distributed
 

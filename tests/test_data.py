@@ -18,9 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
+import sgxl.augment as augment
 import sgxl.data as data
-from sgxl.data import (ConversionReport, FileDataset, InfiniteSampler, ShapesDataset, brightness, contrast,
-                       convert_dataset, cutout, diff_augment, infinite_loader, load, saturation, translation)
+import sgxl.dataset_tool as dataset_tool
+from sgxl.augment import brightness, contrast, cutout, diff_augment, saturation, translation
+from sgxl.data import FileDataset, InfiniteSampler, ShapesDataset, infinite_loader, load
+from sgxl.dataset_tool import ConversionReport, convert_dataset
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -515,12 +518,12 @@ def test_tool_never_modifies_its_source(tmp_path):
 @pytest.mark.parametrize('error', [RuntimeError, KeyboardInterrupt])
 def test_tool_failure_half_way_leaves_no_output(tmp_path, monkeypatch, dest, error):
     src = class_tree(tmp_path / 'src', per_class=5)
-    real, calls = data.convert_image, []
+    real, calls = dataset_tool.convert_image, []
     def flaky(*a, **k):
         calls.append(1)
         if len(calls) == 6: raise error('disk on fire')
         return real(*a, **k)
-    monkeypatch.setattr(data, 'convert_image', flaky)
+    monkeypatch.setattr(dataset_tool, 'convert_image', flaky)
     (tmp_path / 'outdir').mkdir()
     with pytest.raises(error):
         convert(src, tmp_path / 'outdir' / dest)
@@ -726,7 +729,7 @@ def test_cutout_zeroes_a_half_size_square():
 @pytest.mark.parametrize('op', ['brightness', 'saturation', 'contrast', 'color', 'translation', 'cutout'])
 def test_each_op_is_differentiable(op):
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
-    f = lambda v: data.AUGMENTS[op](v, generator=gen(3))
+    f = lambda v: augment.AUGMENTS[op](v, generator=gen(3))
     assert torch.autograd.gradcheck(f, (x,))
 
 

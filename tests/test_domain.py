@@ -12,7 +12,8 @@ import torch
 
 from sgxl import domain as D
 from sgxl.data import load
-from sgxl.metrics import compute_metrics, metrics_main, parse_metric
+from sgxl.evaluate import compute_metrics, metrics_main
+from sgxl.metrics import parse_metric
 
 
 @pytest.fixture(scope='module')
@@ -92,7 +93,7 @@ def test_cache_folders_beside_a_file_dataset(tmp_path, monkeypatch):
 
 
 def test_metrics_cli_prints_domain_metrics(shapes, unseen, tmp_path, monkeypatch, capsys):
-    import sgxl.metrics as M
+    import sgxl.evaluate as M
     images, labels = unseen
     D._domain_classifier.cache_clear()                                      # (a new process prints it once)
     monkeypatch.setattr(M, 'load_generator', lambda path, device=None: (D.ImageBank(images, labels, 10), {}))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import sgxl.training
+import sgxl.checkpoint
 from sgxl import editing as ed
 from sgxl import explore as ex
 from sgxl.core import make_config
@@ -189,10 +189,10 @@ def test_clip_weights_from_a_named_file(tmp_path):
 def write_checkpoint(folder, cfg, seed=0):
     "A checkpoint as the training loop writes it (the rung's G and G_ema, the config in the metadata)."
     torch.manual_seed(seed)
-    G = sgxl.training.build_generator(cfg, cfg.c_dim).eval().requires_grad_(False)
+    G = sgxl.checkpoint.build_generator(cfg, cfg.c_dim).eval().requires_grad_(False)
     sd = G.state_dict()
     folder.mkdir(parents=True, exist_ok=True)
-    path = sgxl.training.save_checkpoint(folder / 'ckpt-000000001', {'rung': {'G': sd, 'G_ema': sd}},
+    path = sgxl.checkpoint.save_checkpoint(folder / 'ckpt-000000001', {'rung': {'G': sd, 'G_ema': sd}},
                                          {'config': cfg.to_dict(), 'step': 1, 'kimg': 0.008, 'dataset': cfg.data})
     return path, G
 

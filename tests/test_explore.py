@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-import sgxl.training
+import sgxl.checkpoint
 from sgxl import explore as ex
 from sgxl.core import make_config, to_uint8
 from sgxl.stylegan3 import Generator
@@ -162,7 +162,7 @@ def write_checkpoint(folder, cfg, seed=0):
     torch.manual_seed(seed)
     G = Generator.from_config(cfg).eval().requires_grad_(False)
     sd = G.state_dict()
-    path = sgxl.training.save_checkpoint(folder / 'ckpt-000000001', {'rung': {'G': sd, 'G_ema': sd}},
+    path = sgxl.checkpoint.save_checkpoint(folder / 'ckpt-000000001', {'rung': {'G': sd, 'G_ema': sd}},
                                          {'config': cfg.to_dict(), 'step': 1, 'kimg': 0.008, 'dataset': cfg.data})
     return path, G
 

@@ -12,7 +12,7 @@ import torch
 import sgxl
 from sgxl import domain, embeddings, guidance, metrics, ops_build, pretrained
 from sgxl.core import TensorFileError, cache_home, file_hash, load_tensors, save_tensors
-from sgxl.training import CheckpointError, load_checkpoint, save_checkpoint
+from sgxl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 LEGACY = Path(__file__).parent / 'fixtures' / 'legacy'   # written by the code of main at 28b6223 (before issue 19)
 

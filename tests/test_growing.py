@@ -12,7 +12,8 @@ from sgxl.growing import (ProgressiveGenerator, StagePolicy, continue_schedule, 
                           growth_table, head_layers_at, next_stage, progressive_generator, restart_discriminator,
                           stage_resolutions, stage_schedule)
 from sgxl.projected import hinge_d_loss, hinge_g_loss
-from sgxl.stylegan3 import Generator, count_parameters, filter_schedule
+from sgxl.filters import filter_schedule
+from sgxl.stylegan3 import Generator, count_parameters
 
 TINY = make_config('D', 'tiny')                                       # stem 16 (4 layers), one stage to 32 (2 layers)
 TINY3 = make_config('D', 'tiny', resolution=64, head_layers=3)        # three stages, heads with a ramp layer

@@ -10,7 +10,8 @@ from PIL import Image
 from sgxl import networks as nw
 from sgxl.core import make_config
 from sgxl.data import load
-from sgxl.training import Trainer, latest_checkpoint, load_checkpoint, train_main
+from sgxl.checkpoint import latest_checkpoint, load_checkpoint
+from sgxl.training import Trainer, train_main
 
 TINY = ['--preset', 'tiny', '--batch', '4', '--quiet', '--kimg', '0.008', '--snap', '0.008']
 

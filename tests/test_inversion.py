@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import sgxl.training
+import sgxl.checkpoint
 from sgxl import explore as ex
 from sgxl import inversion as inv
 from sgxl.core import make_config, record_value
@@ -159,7 +159,7 @@ def test_fisher_direction_recovers_a_planted_direction():
 
 def test_labelled_samples_are_the_seeded_samples(G):
     """The labelled w and images are the samples `generate` makes (so scores belong to their w). The direction found on
-    them (held-out accuracy, edits raising the score) is checked in 13_inversion on 192 samples."""
+    them (held-out accuracy, edits raising the score) is checked in 19_inversion on 192 samples."""
     w, x = inv.labelled_samples(G, num=4, classes=2, seed=1)
     imgs, _ = ex.generate(G, range(100003, 100007), classes=2)
     z, _ = ex.z_from_seeds(G, range(100003, 100007))
@@ -193,7 +193,7 @@ def checkpoint(tmp_path_factory):
     G = Generator.from_config(cfg).eval().requires_grad_(False)
     sd = G.state_dict()
     folder = tmp_path_factory.mktemp('run')
-    path = sgxl.training.save_checkpoint(folder / 'ckpt-000000001', {'rung': {'G': sd, 'G_ema': sd}},
+    path = sgxl.checkpoint.save_checkpoint(folder / 'ckpt-000000001', {'rung': {'G': sd, 'G_ema': sd}},
                                          {'config': cfg.to_dict(), 'step': 1, 'kimg': 0.008, 'dataset': cfg.data})
     return path, G
 
@@ -270,7 +270,7 @@ def uncond_checkpoint(tmp_path_factory):
     torch.manual_seed(2)
     G = Generator.from_config(cfg).eval().requires_grad_(False)
     sd = G.state_dict()
-    return sgxl.training.save_checkpoint(tmp_path_factory.mktemp('unc') / 'ckpt-000000001',
+    return sgxl.checkpoint.save_checkpoint(tmp_path_factory.mktemp('unc') / 'ckpt-000000001',
                                          {'rung': {'G': sd, 'G_ema': sd}}, {'config': cfg.to_dict(), 'step': 1})
 
 

@@ -12,6 +12,8 @@ import pytest
 import scipy.linalg
 import torch
 
+import sgxl.equivariance as Q
+import sgxl.evaluate as E
 import sgxl.metrics as M
 from sgxl.core import make_config, to_uint8
 
@@ -106,7 +108,7 @@ def test_fid_and_is_match_torch_fidelity(kind, tmp_path):
     weights = _weights_file(kind, tmp_path)
     real, fake = smooth_images(20, seed=1), smooth_images(20, seed=2, noise=0.1)
     G, data = Replay(fake), Images(real, name=f'xcheck-{kind}')
-    ours = M.compute_metrics(['fid20', 'is20'], G, data, batch=20, device='cpu', weights=weights,
+    ours = E.compute_metrics(['fid20', 'is20'], G, data, batch=20, device='cpu', weights=weights,
                              cache_dir=tmp_path / 'cache')
     theirs = torch_fidelity.calculate_metrics(
         input1=AsFidelityInput(fake), input2=AsFidelityInput(real), fid=True, isc=True, cuda=False, batch_size=20,
@@ -126,7 +128,7 @@ def test_precision_recall_match_torch_fidelity(tmp_path):
     weights = tmp_path / 'vgg16-random.pth'
     torch.save(torchvision.models.vgg16(weights=None).state_dict(), weights)
     real, fake = smooth_images(16, seed=3), smooth_images(16, seed=4, noise=0.2)
-    ours = M.compute_metrics(['pr16_3'], Replay(fake), Images(real, name='pr-xcheck'), batch=16, device='cpu',
+    ours = E.compute_metrics(['pr16_3'], Replay(fake), Images(real, name='pr-xcheck'), batch=16, device='cpu',
                              weights=weights, cache_dir=tmp_path / 'cache')
     theirs = torch_fidelity.calculate_metrics(
         input1=AsFidelityInput(fake), input2=AsFidelityInput(real), prc=True, cuda=False, batch_size=16,
@@ -156,11 +158,11 @@ def test_fid_grows_with_noise_through_the_network(tmp_path):
 def test_real_statistics_are_cached(tmp_path):
     real = smooth_images(8, seed=1)
     data = Images(real, name='cache-test')
-    r1 = M.compute_metrics(['rfid8'], Replay(smooth_images(8, seed=2)), data, batch=8, device='cpu', cache_dir=tmp_path)
+    r1 = E.compute_metrics(['rfid8'], Replay(smooth_images(8, seed=2)), data, batch=8, device='cpu', cache_dir=tmp_path)
     reads = data.reads
     files = sorted((tmp_path / 'metrics').iterdir())
     assert reads == 8 and len(files) == 1 and files[0].name.startswith('cache-test-32-rfid-')
-    r2 = M.compute_metrics(['rfid8'], Replay(smooth_images(8, seed=2)), data, batch=8, device='cpu', cache_dir=tmp_path)
+    r2 = E.compute_metrics(['rfid8'], Replay(smooth_images(8, seed=2)), data, batch=8, device='cpu', cache_dir=tmp_path)
     assert data.reads == reads and r1 == r2                  # second run: read from the cache, same answer
     cached = M.load_npz(files[0])
     assert cached['mu'].shape == (2048,) and cached['sigma'].shape == (2048, 2048)
@@ -186,13 +188,13 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
 def test_missing_weights_fail_at_once(metric, file, no_weights):
     G = Replay(smooth_images(8, seed=2))
     with pytest.raises(FileNotFoundError) as e:
-        M.compute_metrics([metric], G, Images(smooth_images(8)), device='cpu', cache_dir=no_weights / 'c')
+        E.compute_metrics([metric], G, Images(smooth_images(8)), device='cpu', cache_dir=no_weights / 'c')
     assert file in str(e.value) and 'SGXL_WEIGHTS_DIR' in str(e.value) and 'https://' in str(e.value)
     assert G.calls == 0                                      # before any image was generated
 
 
 def test_rfid_and_eq_need_no_weights(no_weights):
-    out = M.compute_metrics(['rfid8', 'eqt8_int'], M.ToyField(32), Images(smooth_images(8)), batch=8, device='cpu',
+    out = E.compute_metrics(['rfid8', 'eqt8_int'], Q.ToyField(32), Images(smooth_images(8)), batch=8, device='cpu',
                             cache_dir=no_weights / 'c')
     assert out['rfid8'] > 0 and out['eqt8_int'] > 100
 
@@ -228,13 +230,13 @@ def test_generator_output_is_quantised_and_labels_follow_the_dataset():
 
 def test_bad_generator_and_dataset_are_clear_errors():
     with pytest.raises(TypeError, match='z_dim'):
-        M.compute_metrics(['rfid8'], lambda z, c, truncation_psi=1: z, Images(smooth_images(8)), device='cpu')
+        E.compute_metrics(['rfid8'], lambda z, c, truncation_psi=1: z, Images(smooth_images(8)), device='cpu')
     with pytest.raises(ValueError, match='16 px'):
-        M.compute_metrics(['rfid8'], M.ToyField(16), Images(smooth_images(8, res=32)), device='cpu')
+        E.compute_metrics(['rfid8'], Q.ToyField(16), Images(smooth_images(8, res=32)), device='cpu')
     with pytest.raises(ValueError, match='pass dataset'):
-        M.compute_metrics(['rfid8'], M.ToyField(32), None, device='cpu')
+        E.compute_metrics(['rfid8'], Q.ToyField(32), None, device='cpu')
 
-    class Wrong(M.ToyField):
+    class Wrong(Q.ToyField):
         def forward(self, z, c, truncation_psi=1.0): return torch.zeros(len(z), 32, 32)
     with pytest.raises(ValueError, match=r'\(N, 3, H, W\)'):
         list(M.generated_images(Wrong(32), 4, device='cpu'))
@@ -275,40 +277,54 @@ class ConvToy(torch.nn.Module):
 
 
 def test_eqt_high_for_equivariant_map_low_for_positional_one():
-    good = M.compute_metrics(['eqt32_int'], ConvToy(circular=True), device='cpu')['eqt32_int']
-    bad = M.compute_metrics(['eqt32_int'], ConvToy(circular=False), device='cpu')['eqt32_int']
+    good = E.compute_metrics(['eqt32_int'], ConvToy(circular=True), device='cpu')['eqt32_int']
+    bad = E.compute_metrics(['eqt32_int'], ConvToy(circular=False), device='cpu')['eqt32_int']
     print(good, bad)
     assert good > 100 and bad < 40
 
 
 def test_eq_of_sticky_texture_is_low():
     for name in ('eqt16_frac', 'eqr16'):
-        good = M.compute_metrics([name], M.ToyField(32), device='cpu')[name]
-        bad = M.compute_metrics([name], M.ToyField(32, sticky=0.3), device='cpu')[name]
+        good = E.compute_metrics([name], Q.ToyField(32), device='cpu')[name]
+        bad = E.compute_metrics([name], Q.ToyField(32, sticky=0.3), device='cpu')[name]
         assert good > 35 and bad < 25 and good - bad > 20
 
 
-def test_eq_of_stylegan3_generator_agrees_with_its_notebook():
-    "The Fourier-input renderer: our EQ-T/EQ-R of a tiny StyleGAN3-T match sgxl.stylegan3's eq_t / eq_r."
-    from sgxl.stylegan3 import Generator, eq_r, eq_t
+def test_eq_has_one_definition_and_one_convention():
+    """EQ-T/EQ-R: the StyleGAN3 names (eq_t, eq_r) and the metrics (compute_metrics) are one computation, and the
+    metric's renderer moves a StyleGAN3 generator's content exactly as `sgxl generate --translate/--rotate` does."""
+    from sgxl.equivariance import eq_r, eq_t
+    from sgxl.explore import moved_input
+    from sgxl.stylegan3 import Generator, content_transform, rotation_matrix, translation_matrix
     torch.manual_seed(0)
     G = Generator.from_config(make_config('A', 'tiny')).eval()
-    ours = M.compute_metrics(['eqt16_int', 'eqt16_frac', 'eqr16'], G, batch=8, device='cpu')
+    ours = E.compute_metrics(['eqt16_int', 'eqt16_frac', 'eqr16'], G, batch=8, device='cpu')
     ref = {'eqt16_int': eq_t(G, 16), 'eqt16_frac': eq_t(G, 16, fractional=True), 'eqr16': eq_r(G, 16)}
     print(ours, ref)
-    for k in ref: assert abs(ours[k] - ref[k]) < 3, (k, ours[k], ref[k])
+    assert ours == ref                                # the same numbers: one definition behind both names
     assert ours['eqt16_int'] > 60 > ours['eqr16']   # StyleGAN3-T: translation- but not rotation-equivariant
     assert torch.equal(G.synthesis.input.transform, torch.eye(3))   # the renderer left G as it was
+    # one convention: the metric's content transform is stylegan3's matrices (rotation, then translation) ...
+    t, a = torch.tensor([[0.1, -0.05]]), torch.tensor([0.6])
+    assert torch.allclose(content_transform(t, a)[0], translation_matrix(0.1, -0.05) @ rotation_matrix(0.6))
+    # ... so the metric's renderer and the explorer's moved input draw the same image for the same move
+    z = torch.randn(1, G.z_dim)
+    with torch.no_grad():
+        rendered = Q.fourier_input_renderer(G)(z, None, t, a)
+        with moved_input(G, (0.1, -0.05), math.degrees(0.6)): explored = G(z, None)
+    assert torch.allclose(rendered, explored, atol=1e-5)
     # a wrong sign convention would break the agreement: moving the content the other way gives a low score
-    render = M.fourier_input_renderer(G)
+    render = Q.fourier_input_renderer(G)
     flipped = lambda z, c, t, a: render(z, c, -t, a)
-    assert M.compute_metrics(['eqt8_int'], G, device='cpu', render=flipped)['eqt8_int'] < 40
+    assert E.compute_metrics(['eqt8_int'], G, device='cpu', render=flipped)['eqt8_int'] < 40
+    turned = lambda z, c, t, a: render(z, c, t, -a)
+    assert E.compute_metrics(['eqr8'], G, device='cpu', render=turned)['eqr8'] < ours['eqr16'] - 3
 
 
 def test_eq_without_renderer_is_a_clear_error():
     G = Replay(smooth_images(4))
     with pytest.raises(TypeError, match='render_transformed'):
-        M.compute_metrics(['eqt4_int'], G, device='cpu')
+        E.compute_metrics(['eqt4_int'], G, device='cpu')
 
 
 def test_fractional_transform_of_band_limited_image():
@@ -318,7 +334,7 @@ def test_fractional_transform_of_band_limited_image():
     f = lambda x, y: torch.cos(2 * math.pi * (0.11 * x + 0.07 * y) + 0.3)
     img = f(x, y).double()[None, None]
     t = torch.tensor([[0.37 / r, -1.6 / r]], dtype=torch.float64)
-    out, mask = M.transform_images(img, t, torch.zeros(1, dtype=torch.float64))
+    out, mask = Q.transform_images(img, t, torch.zeros(1, dtype=torch.float64))
     expect = f(x - 0.37, y + 1.6).double()
     err = lambda a: ((a - expect) * mask[0, 0]).abs().max()
     assert mask.sum() > 200 and err(out[0, 0]) < 1e-3 and err(img[0, 0]) > 0.3   # the shift is real and resolved
@@ -327,12 +343,12 @@ def test_fractional_transform_of_band_limited_image():
 # --- the command line ----------------------------------------------------------------------------------------------------
 def test_metrics_cli_table_and_json(tmp_path, monkeypatch):
     imgs = smooth_images(8, seed=1)
-    monkeypatch.setattr(M, 'load_generator', lambda path, device=None: (Replay(smooth_images(8, seed=2)), {}))
-    monkeypatch.setattr(M, 'load_dataset', lambda data, resolution=None: Images(imgs, name='cli'))
+    monkeypatch.setattr(E, 'load_generator', lambda path, device=None: (Replay(smooth_images(8, seed=2)), {}))
+    monkeypatch.setattr(E, 'load_dataset', lambda data, resolution=None: Images(imgs, name='cli'))
     out = tmp_path / 'res.json'
     buf = io.StringIO()
     with redirect_stdout(buf):
-        code = M.metrics_main(['--network', str(tmp_path / 'run'), '--data', 'x', '--metrics', 'rfid8',
+        code = E.metrics_main(['--network', str(tmp_path / 'run'), '--data', 'x', '--metrics', 'rfid8',
                                '--device', 'cpu', '--batch', '8', '--out', str(out), '--cache-dir', str(tmp_path)])
     assert code == 0, buf.getvalue()
     assert 'rfid8' in buf.getvalue() and 'metric' in buf.getvalue()
@@ -342,9 +358,9 @@ def test_metrics_cli_table_and_json(tmp_path, monkeypatch):
 
 def test_metrics_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        M.metrics_main(['--network', 'x', '--metrics', 'fid50k,bogus'])
+        E.metrics_main(['--network', 'x', '--metrics', 'fid50k,bogus'])
     assert e.value.code == 2 and "unknown metric 'bogus'" in capsys.readouterr().err
-    assert M.metrics_main(['--network', str(tmp_path / 'x'), '--metrics', 'fid50k']) == 1   # missing network
+    assert E.metrics_main(['--network', str(tmp_path / 'x'), '--metrics', 'fid50k']) == 1   # missing network
     assert 'no network at' in capsys.readouterr().err
-    assert M.metrics_main(['--network', str(tmp_path), '--metrics', 'eqt8_int']) == 1        # a folder, no checkpoint
+    assert E.metrics_main(['--network', str(tmp_path), '--metrics', 'eqt8_int']) == 1        # a folder, no checkpoint
     assert 'holds no checkpoint' in capsys.readouterr().err

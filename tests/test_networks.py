@@ -13,7 +13,8 @@ import sgxl
 from sgxl import explore as ex
 from sgxl import networks as nw
 from sgxl.core import make_config
-from sgxl.training import build_generator, load_generator, save_checkpoint, train_main
+from sgxl.checkpoint import build_generator, load_generator, save_checkpoint
+from sgxl.training import train_main
 
 from conftest import ROOT
 
@@ -132,7 +133,7 @@ def test_readme_python_api_example_runs_as_written(tmp_path, monkeypatch):
 
 def test_metrics_on_a_hub_network(run, exported, tmp_path, monkeypatch, capsys):
     "sgxl metrics --network hf://USER/REPO: the exported config names the data; results land in USER--REPO.metrics.json."
-    from sgxl.metrics import metrics_main
+    from sgxl.evaluate import metrics_main
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('HF_HUB_CACHE', str(hub_cache(tmp_path, exported)))
     monkeypatch.chdir(tmp_path)

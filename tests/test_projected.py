@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from sgxl.core import DEIT_BASE, make_config, record_value
 from sgxl.features import FeatureNetwork
-from sgxl.data import cutout, diff_augment
+from sgxl.augment import cutout, diff_augment
 from sgxl.projected import (FeatureProjector, ProjectedDiscriminator, RungB, blur_sigma_at,
                             gaussian_blur, hinge_d_loss, hinge_g_loss, projected_discriminator, spectral_sigmas)
 from sgxl.stylegan3 import ClassEmbedding

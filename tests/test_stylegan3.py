@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sgxl.core import make_config
-from sgxl.stylegan3 import (FourierInput, Generator, ClassEmbedding, count_parameters, filter_schedule, layer_io,
-                            schedule_from_config, translation_matrix)
+from sgxl.filters import filter_schedule, layer_io, schedule_from_config
+from sgxl.stylegan3 import ClassEmbedding, FourierInput, Generator, count_parameters, translation_matrix
 
 
 @pytest.mark.parametrize('res, base, expected', [(256, 16384, 23_320_443), (256, 32768, 28_472_133),
@@ -121,7 +121,8 @@ def test_bad_input_errors_name_the_fix():
 
 
 def test_warp_images_exact_cases():
-    from sgxl.stylegan3 import rotation_matrix, warp_images
+    from sgxl.equivariance import warp_images
+    from sgxl.stylegan3 import rotation_matrix
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     y, valid = warp_images(x, translation_matrix(3 / 32, -2 / 32), radius=1)     # content moves right 3, up 2
     assert torch.equal(y[..., :-2, 3:], x[..., 2:, :-3]) and valid[0, 0].sum() == 30 * 29
@@ -136,12 +137,12 @@ def test_warp_images_exact_cases():
 
 
 def test_equivariance_metrics_restore_the_transform():
-    from sgxl.stylegan3 import eq_r, eq_t
+    from sgxl.equivariance import eq_r, eq_t
     torch.manual_seed(0)
     G = Generator.from_config(make_config('A', 'tiny'), c_dim=2).eval()
     G.synthesis.input.transform = translation_matrix(0.1, 0.0).float()
     before = G.synthesis.input.transform.clone()
-    assert eq_t(G, 2, batch_size=2) > 60 and eq_r(G, 2, batch_size=2, max_angle=0.1) > 10
+    assert eq_t(G, 2, batch_size=2) > 60 and eq_r(G, 2, batch_size=2) < 60   # (config T: not rotation-equivariant)
     assert torch.equal(G.synthesis.input.transform, before)
 
 

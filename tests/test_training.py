@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from sgxl.core import RUNGS, make_config
-from sgxl.training import (CheckpointError, StatsLog, Trainer, latest_checkpoint, list_checkpoints,
-                           load_checkpoint, load_generator, train_main)
+from sgxl.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, load_generator
+from sgxl.training import StatsLog, Trainer, train_main
 
 TINY = ['--preset', 'tiny', '--data', 'shapes:num_images=40', '--batch', '4', '--quiet']
 
@@ -124,7 +124,7 @@ def test_guidance_lowers_the_classifier_loss_on_G_output(tmp_path):
 
 def test_metrics_during_training_and_sgxl_metrics_on_the_run(tmp_path, capsys):
     "cfg.metrics are computed at each snapshot (stats.jsonl, checkpoint metadata); `sgxl metrics` reads the run."
-    from sgxl.metrics import metrics_main
+    from sgxl.evaluate import metrics_main
     assert train_main(['--cfg', 'A', *TINY, '--kimg', '0.008', '--snap', '0.008', '--metrics', 'eqt4_int',
                        '--outdir', str(tmp_path)]) == 0
     run = next(tmp_path.iterdir())

@@ -8,7 +8,8 @@ from PIL import Image
 
 from sgxl.core import RUNGS
 from sgxl.data import load
-from sgxl.training import Trainer, load_checkpoint, latest_checkpoint, load_generator, train_main
+from sgxl.checkpoint import latest_checkpoint, load_checkpoint, load_generator
+from sgxl.training import Trainer, train_main
 
 TINY = ['--preset', 'tiny', '--batch', '4', '--quiet', '--kimg', '0.008', '--snap', '0.008']
 

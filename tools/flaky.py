@@ -2,7 +2,7 @@
 values its asserts compared, so an assert that depends on the machine is found before it lands.
 
     python tools/flaky.py tests/test_inversion.py -k pti --threads 1,2,4 --runs 10
-    python tools/flaky.py "tests/test_notebooks.py::test_notebook[13_inversion]" --threads 1,2 --runs 3
+    python tools/flaky.py "tests/test_notebooks.py::test_notebook[19_inversion]" --threads 1,2 --runs 3
 
 Each run is a fresh `python -m pytest` process with SGXL_TEST_THREADS=N (tests/conftest.py sets torch's thread
 count from it, in the test process and in every process a test starts, notebooks included). Tests and notebooks
