@@ -244,10 +244,12 @@ def check_resume_changes(changes: dict) -> dict:
 # %% ../nbs/17_training.ipynb #7d3091c6
 @patch
 def state(self: Trainer) -> dict:
+    "What a checkpoint holds: the rung (networks, optimisers, progress), the data loader's position, every RNG."
     return {'rung': self.rung.state_dict(), 'loader': self.loader.state_dict(), 'rng': rng_state()}
 
 @patch
 def meta(self: Trainer) -> dict:
+    "A checkpoint's JSON metadata: config, step, kimg, stage, resolution, dataset, metrics, weights' sources, version."
     from sgxl import __version__
     D_sources = getattr(self.rung.D, 'weights_sources', {})
     return {'config': self.cfg.to_dict(), 'step': self.step_index, 'kimg': self.rung.kimg,
@@ -275,6 +277,7 @@ def checked(self: Trainer, path: Path, read):
 
 @patch
 def load(self: Trainer, path: Path):
+    "Continue from checkpoint `path`: rung, loader position, RNG states, step and metrics, bit for bit."
     state, meta = self.checked(path, lambda p: load_checkpoint(p, map_location=self.device))
     self.rung.load_state_dict(state['rung'])                                   # (rebuilds a later stage's networks)
     if self.rung.resolution != self.dataset.resolution: self.set_data(self.rung.resolution)
@@ -409,6 +412,7 @@ TRAIN_EXAMPLES = """examples:
 """
 
 def train_parser() -> argparse.ArgumentParser:
+    "The argument parser of `sgxl train`."
     p = argparse.ArgumentParser(prog='sgxl train', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Train a rung of the ladder A..F. Without --cfg, --data, --preset or --resolution: the CPU '
                     'demo: rung F (every change of the ladder at once) at the tiny preset (32 px, batch 8) on the '
