@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     p.add_argument('--threads', type=int, default=int(os.environ.get('SGXL_TEST_THREADS', '1')),
                    help='torch CPU threads per notebook (default 1, as the tests)')
     p.add_argument('-j', '--jobs', type=int, default=1, help='notebooks run at once (default 1)')
-    p.add_argument('--max-kb', type=int, default=400, help='largest allowed outputs per notebook, in KiB (default 400)')
+    p.add_argument('--max-kb', type=int, default=700, help='largest allowed outputs per notebook, in KiB (default 700)')
     args = p.parse_args(argv)
     nbs = [n.resolve() for n in args.notebooks] or sorted((ROOT / 'nbs').glob('*.ipynb'))
     missing = [nb for nb in nbs if not nb.exists()]
