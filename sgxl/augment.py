@@ -25,15 +25,18 @@ def _randint(x: torch.Tensor, lo: int, hi: int, generator=None) -> torch.Tensor:
     return torch.randint(lo, hi + 1, (x.shape[0],), generator=generator, device=dev).to(x.device)
 
 def brightness(x: torch.Tensor, generator=None) -> torch.Tensor:
+    "DiffAugment brightness: $x + b$, one $b \\sim U(-\\frac12, \\frac12)$ per image."
     # $x + b,\ b \sim U(-\frac12, \frac12)$
     return x + _uniform(x, -0.5, 0.5, generator)
 
 def saturation(x: torch.Tensor, generator=None) -> torch.Tensor:
+    "DiffAugment saturation: $(x - \\bar x_{pixel})\\,s + \\bar x_{pixel}$, one $s \\sim U(0, 2)$ per image."
     m = x.mean(dim=1, keepdim=True)                           # (N, 1, H, W): each pixel's grey level
     # $(x - \bar x_{pixel})\, s + \bar x_{pixel},\ s \sim U(0, 2)$
     return (x - m) * _uniform(x, 0.0, 2.0, generator) + m
 
 def contrast(x: torch.Tensor, generator=None) -> torch.Tensor:
+    "Contrast: $(x - \\bar x_{image})\\,c + \\bar x_{image}$, $c \\sim U(\\frac12, \\frac32)$ per image."
     m = x.mean(dim=(1, 2, 3), keepdim=True)                   # (N, 1, 1, 1): each image's mean
     # $(x - \bar x_{image})\, c + \bar x_{image},\ c \sim U(\frac12, \frac32)$
     return (x - m) * _uniform(x, 0.5, 1.5, generator) + m

@@ -38,6 +38,8 @@ class Conv2dLayer(nn.Module):
         self.impl = 'auto'                                                      # ops implementation
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        """$\\phi(\\mathrm{conv}(x, w \\cdot g) + b) \\cdot$ gain, with the equalised-lr gain $g = 1/\\sqrt{C_{in}
+        k^2}$; (N, C_in, H, H) -> (N, C_out, H/down, H/down)."""
         w = self.weight.to(x.dtype) * self.weight_gain
         k, f = self.kernel_size, self.resample_filter.to(x.dtype)
         if self.down == 1:
@@ -61,6 +63,8 @@ class DiscriminatorBlock(nn.Module):
         self.skip = Conv2dLayer(in_channels, out_channels, 1, activation='linear', bias=False, down=2)
 
     def forward(self, x):                                                       # (N, C_in, H, H) -> (N, C_out, H/2, H/2)
+        """$y = \\sqrt{1/2}\\,(\\mathrm{skip}(x) + \\mathrm{conv}_1(\\mathrm{conv}_0(x)))$: the residual sum keeps unit
+        variance."""
         y = self.skip(x, gain=math.sqrt(0.5))
         return y + self.conv1(self.conv0(x), gain=math.sqrt(0.5))
 
@@ -100,6 +104,8 @@ class ResNetDiscriminator(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Config, c_dim: int | None = None, img_channels: int = 3) -> 'ResNetDiscriminator':
+        """The ResNet D of `cfg` (d_channel_base, d_channel_max, mbstd_group, conv_clamp, embed_dim), ops set as
+        configured."""
         return cls(cfg.c_dim if c_dim is None else c_dim, cfg.resolution, img_channels, cfg.d_channel_base,
                    cfg.d_channel_max, cfg.mbstd_group, cfg.conv_clamp, cfg.embed_dim).set_ops_impl(cfg.ops_impl)
 
@@ -115,6 +121,8 @@ class ResNetDiscriminator(nn.Module):
         self.embed = embed
 
     def forward(self, img: torch.Tensor, c=None) -> torch.Tensor:
+        """Logits (N, 1) of images (N, C, R, R): $\\phi(x)$, or by projection $\\langle \\phi(x), e(c) \\rangle /
+        \\sqrt{M}$ when conditional."""
         check(img.ndim == 4 and img.shape[1:] == (self.img_channels, self.img_resolution, self.img_resolution),
               f"D got images of shape {tuple(img.shape)}; want (N, {self.img_channels}, {self.img_resolution}, "
               f"{self.img_resolution})")
@@ -177,6 +185,7 @@ def lazy_adam(params, lr: float, betas, eps: float, interval: int, active: bool)
     return torch.optim.Adam(params, lr=lr * c, betas=(float(betas[0] ** c), float(betas[1] ** c)), eps=eps)
 
 def optimizer_params(opt: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    "Every parameter an optimiser updates, in its groups' order."
     return [p for group in opt.param_groups for p in group['params']]
 
 @dataclass
@@ -250,12 +259,22 @@ class RungA:
         self.build()
 
     # --- construction hooks --------------------------------------------------------------------------
-    def make_G(self) -> nn.Module: return Generator.from_config(self.cfg, self.c_dim, self.img_channels)
-    def make_D(self) -> nn.Module: return ResNetDiscriminator.from_config(self.cfg, self.c_dim, self.img_channels)
-    def d_trainable(self) -> list: return list(self.D.parameters())
-    def g_trainable(self) -> list: return [p for p in self.G.parameters() if p.requires_grad]
+    def make_G(self) -> nn.Module:
+        "Hook: the generator of the rung (rung A: StyleGAN3-T from the config)."
+        return Generator.from_config(self.cfg, self.c_dim, self.img_channels)
+    def make_D(self) -> nn.Module:
+        "Hook: the discriminator of the rung (rung A: StyleGAN2's ResNet D)."
+        return ResNetDiscriminator.from_config(self.cfg, self.c_dim, self.img_channels)
+    def d_trainable(self) -> list:
+        "Hook: the parameters D's optimiser updates (rung A: all of D)."
+        return list(self.D.parameters())
+    def g_trainable(self) -> list:
+        "Hook: the parameters G's optimiser updates (those that require gradients)."
+        return [p for p in self.G.parameters() if p.requires_grad]
 
-    def make_networks(self) -> tuple[nn.Module, nn.Module]: return self.make_G(), self.make_D()
+    def make_networks(self) -> tuple[nn.Module, nn.Module]:
+        "Hook: (G, D), from `make_G` and `make_D`."
+        return self.make_G(), self.make_D()
 
     def build(self):
         "Build G, G_ema, D and the optimisers from the hooks."
@@ -265,6 +284,7 @@ class RungA:
         self.make_optimizers()
 
     def make_optimizers(self):
+        "Adam for G and D, lazily regularised: lr times $c$, betas to the power $c$, $c = k/(k+1)$ (k: the interval)."
         cfg = self.cfg
         self.opt_G = lazy_adam(self.g_trainable(), cfg.g_lr, cfg.betas, cfg.adam_eps, cfg.pl_interval, self.g_reg_active())
         self.opt_D = lazy_adam(self.d_trainable(), cfg.d_lr, cfg.betas, cfg.adam_eps, cfg.r1_interval,
@@ -282,37 +302,55 @@ class RungA:
         return counts / counts.sum()                                          # $p(c) = n_c / \sum_k n_k$
 
     @property
-    def resolution(self) -> int: return self.G.img_resolution
+    def resolution(self) -> int:
+        "The resolution G generates at now."
+        return self.G.img_resolution
     @property
-    def kimg(self) -> float: return self.nimg / 1000
+    def kimg(self) -> float:
+        "Thousands of real images shown to D so far (all processes)."
+        return self.nimg / 1000
 
     # --- losses (one chunk each; return (loss, stats)) ----------------------------------------------------
-    def discriminate(self, images, c) -> torch.Tensor: return self.D(images, c)
+    def discriminate(self, images, c) -> torch.Tensor:
+        "Hook: $D(x, c)$, logits (rung A: the ResNet D as is; rung B blurs its inputs first)."
+        return self.D(images, c)
 
     def generate(self, b: Chunk, update_emas: bool | str = 'defer') -> torch.Tensor:
+        "$G(z, c)$ for the chunk's latents and labels (with style mixing when the chunk carries it)."
         return self.G(b.z, b.c_g, update_emas=update_emas, mix_z=b.mix_z, mix_cutoff=b.mix_cutoff)
 
     def g_loss(self, b: Chunk):
+        "Non-saturating logistic G loss $L_G = \\mathbb E_z[\\mathrm{softplus}(-D(G(z, c), c))]$."
         logits = self.discriminate(self.generate(b), b.c_g)
         loss = g_nonsaturating_loss(logits)                                   # $\mathrm{softplus}(-D(G(z)))$
         return loss, {'loss/G': loss}
 
     def d_loss(self, b: Chunk):
+        "Logistic D loss $L_D = \\mathbb E_z[\\mathrm{softplus}(D(G(z)))] + \\mathbb E_x[\\mathrm{softplus}(-D(x))]$."
         with torch.no_grad(): fake = self.G(b.z_d, b.c_d)
         real_logits, fake_logits = self.discriminate(b.real, b.c), self.discriminate(fake, b.c_d)
         loss = d_logistic_loss(real_logits, fake_logits)
         return loss, {'loss/D': loss, 'D/real': real_logits.mean(), 'D/fake': fake_logits.mean()}
 
     def d_reg_due(self, step_index: int) -> bool:
+        "Lazy R1: on D steps $i \\equiv 0 \\pmod{r1\\_interval}$, when its weight $\\gamma$ > 0."
         return self.cfg.r1 > 0 and step_index % self.cfg.r1_interval == 0
     def d_reg(self, b: Chunk):
+        """R1 $\\frac{\\gamma}{2} \\lVert \\nabla_x D(x) \\rVert^2$ on reals, times r1_interval (lazy: applied every
+        k-th step)."""
         penalty, logits = r1_penalty(self.D, b.real, b.c, return_logits=True)   # (n,), (n, 1)
         loss = penalty.mean() * (self.cfg.r1 / 2) * self.cfg.r1_interval      # $\frac\gamma2 \lVert\nabla D\rVert^2$, lazy
         return loss + logits.mean() * 0, {'reg/r1': penalty.mean()}            # (touch every weight of D)
 
-    def g_reg_active(self) -> bool: return False                                # rung A: no G regulariser
-    def g_reg_due(self, step_index: int) -> bool: return False
-    def g_reg(self, b: Chunk): raise NotImplementedError
+    def g_reg_active(self) -> bool:
+        "Hook: does G have a lazy regulariser at all (it sets G's lazy Adam)? Rung A: no."
+        return False                                # rung A: no G regulariser
+    def g_reg_due(self, step_index: int) -> bool:
+        "Hook: is G's regulariser due on this step? Rung A: never."
+        return False
+    def g_reg(self, b: Chunk):
+        "Hook: G's regulariser (rung B+: path length); rung A has none."
+        raise NotImplementedError
 
     def phases(self, step_index: int) -> Iterator[tuple[str, torch.optim.Optimizer, Callable]]:
         "The phases of this step, in order: (name, optimiser, loss function)."

@@ -102,6 +102,7 @@ class CheckpointManager:
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def best_value(self) -> float | None:
+        "The metric of best.json (lower is better), or None before any checkpoint has one."
         p = self.run_dir / 'best.json'
         if not p.exists(): return None
         return json.loads(p.read_text())['meta'].get(self.metric)

@@ -77,6 +77,7 @@ class FileSource:
         return dict(sorted(out.items()))
 
     def read(self, name: str) -> bytes:
+        "The bytes of file `name` (a path inside the folder or the zip)."
         if not self.is_zip: return (self.path / name).read_bytes()
         info = self._zipfile().getinfo(name)
         # stored and not encrypted: read it directly (skipping the zip CRC check; PNG chunks carry their own)
@@ -189,6 +190,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return np.tile(self._raw_labels, 2) if self.xflip else self._raw_labels
 
     def label(self, i: int) -> int:
+        "The class index of item i (0 for an unconditional dataset); x-flipped copies share their original's."
         return 0 if self._raw_labels is None else int(self._raw_labels[i % self._n])
 
     def class_counts(self) -> np.ndarray:
@@ -517,6 +519,7 @@ class InfiniteLoader:
         return out
 
     def state_dict(self) -> dict:
+        "Where the loader is in its sequence, and what it reads: enough to resume bit for bit."
         return dict(position=self.position, seed=self.seed, batch=self.batch, world_size=self.world_size,
                     shuffle=self.shuffle, dataset=getattr(self.dataset, 'name', None), length=len(self.dataset))
 

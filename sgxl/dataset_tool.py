@@ -198,6 +198,7 @@ class DatasetWriter:
         return self.dest
 
     def abort(self):
+        "Give up the write: close the zip and remove the temporary output (the destination is never touched)."
         if self._zip is not None: self._zip.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -212,9 +213,12 @@ class ConversionReport:
     converted: Counter = field(default_factory=Counter)                  # kind -> count
     skipped: list[tuple[str, str, str]] = field(default_factory=list)    # (file, reason, detail)
 
-    def skipped_by_reason(self) -> Counter: return Counter(r for _, r, _ in self.skipped)
+    def skipped_by_reason(self) -> Counter:
+        "How many source files were skipped, per reason."
+        return Counter(r for _, r, _ in self.skipped)
 
     def summary(self) -> str:
+        "The report printed after a conversion: what was written, converted and skipped, and why."
         kind = f'{self.num_classes} classes' if self.num_classes else 'unconditional'
         lines = [f'wrote {self.written} images ({self.resolution}x{self.resolution} RGB, {kind}) to {self.dest}']
         if self.converted:

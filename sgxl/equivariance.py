@@ -155,6 +155,8 @@ class ToyField(torch.nn.Module):
         self.register_buffer('amps', torch.randn(3, waves, generator=g) / math.sqrt(waves) * 0.6)  # (3, K)
 
     def render_transformed(self, z, c, translate, angle, truncation_psi: float = 1.0) -> torch.Tensor:
+        """The field's images with its content translated by `translate` (N, 2) and rotated by `angle` (N,), exactly
+        (no resampling)."""
         n, res = len(z), self.img_resolution
         p = torch.arange(res, dtype=torch.float32, device=z.device) + 0.5 - res / 2
         v, u = torch.meshgrid(p, p, indexing='ij')                                # pixel centres (H, W)
@@ -167,5 +169,6 @@ class ToyField(torch.nn.Module):
         return img + self.sticky * glued[:, None]                                 # sticky part ignores the transform
 
     def forward(self, z, c, truncation_psi: float = 1.0) -> torch.Tensor:
+        "The field's images, untransformed (N, 3, R, R): G(z) of this toy generator."
         zeros = torch.zeros(len(z), device=z.device)
         return self.render_transformed(z, c, torch.zeros(len(z), 2, device=z.device), zeros)

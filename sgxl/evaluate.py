@@ -104,6 +104,7 @@ def default_output(network: str) -> Path:
 
 # %% ../nbs/16_evaluate.ipynb #11a81ed9
 def metrics_parser() -> argparse.ArgumentParser:
+    "The argument parser of `sgxl metrics`."
     p = argparse.ArgumentParser(
         prog='sgxl metrics', description='Evaluate a trained generator: FID, sFID, rFID, IS, KID, precision/recall, '
         'EQ-T/EQ-R. Prints a table and writes JSON.',

@@ -318,6 +318,7 @@ def explorer(G: nn.Module | str | Path, max_seed: int = 1000):
 
 # %% ../nbs/18_explore.ipynb #70c05a8d
 def generate_parser() -> argparse.ArgumentParser:
+    "The argument parser of `sgxl generate`."
     p = argparse.ArgumentParser(
         prog='sgxl generate', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Sample a trained generator. One kind of output per call, into --outdir:\n'

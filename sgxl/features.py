@@ -69,6 +69,7 @@ def hub_offline() -> bool:
     return os.environ.get('HF_HUB_OFFLINE', '').upper() in ('1', 'ON', 'YES', 'TRUE') or bool(hf.HF_HUB_OFFLINE)
 
 def hub_endpoint() -> str:
+    "The Hugging Face hub address downloads go to: $HF_ENDPOINT, else the library's default."
     import huggingface_hub.constants as hf
     return os.environ.get('HF_ENDPOINT') or hf.ENDPOINT
 
@@ -102,6 +103,7 @@ def download_weights(name: str) -> Path:
     except EntryNotFoundError: return Path(hf_hub_download(repo, 'pytorch_model.bin'))
 
 def missing_weights_message(name: str, why: str) -> str:
+    "The error text when a feature network's pretrained weights cannot be found: the file to provide and where."
     cfg = get_pretrained_cfg(name)
     import huggingface_hub.constants as hf
     hub = f' ({hub_endpoint()}/{cfg.hf_hub_id})' if cfg is not None and cfg.hf_hub_id else ''
@@ -238,6 +240,7 @@ class ViTReassemble(nn.Module):
         self.proj = nn.ModuleList(frozen_conv(dim, c, 1) for c in self.channels)
 
     def forward(self, tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+        "4 token grids (N, D, g, g) -> 4 maps (N, C_l, s_l, s_l): frozen random 1x1 convs, then resampling."
         # (N, D, g, g) -> 1x1 conv -> (N, C_l, g, g) -> resample -> (N, C_l, s_l, s_l)
         return [resize(proj(t), s) for t, proj, s in zip(tokens, self.proj, self.sizes)]
 
@@ -250,8 +253,8 @@ class FeatureNetwork(nn.Module):
         self.name, self.resolution, self.strides = name, resolution, STRIDES
         self.is_vit = isinstance(self.backbone, VisionTransformer)
         cfg = self.backbone.pretrained_cfg
-        self.register_buffer('mean', torch.tensor(cfg['mean']).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(cfg['std']).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('mean', torch.tensor(cfg['mean']).view(1, 3, 1, 1), persistent=False)  # (1, 3, 1, 1)
+        self.register_buffer('std', torch.tensor(cfg['std']).view(1, 3, 1, 1), persistent=False)    # (1, 3, 1, 1)
         if self.is_vit:
             check(resolution % self.backbone.patch_embed.patch_size[0] == 0,
                   f"resolution={resolution}: a ViT needs a multiple of its patch size "
@@ -273,12 +276,16 @@ class FeatureNetwork(nn.Module):
         return tuple(math.ceil(self.resolution / s) for s in self.strides)
 
     @property
-    def is_pretrained(self) -> bool: return self.weights_source != 'random'
+    def is_pretrained(self) -> bool:
+        "True unless random weights were asked for by name."
+        return self.weights_source != 'random'
 
     def train(self, mode: bool = True) -> 'FeatureNetwork':
+        "Always eval mode: the network is frozen (batch norm and dropout as at inference)."
         return super().train(False)  # frozen: always in eval mode
 
     def requires_grad_(self, requires_grad: bool = True) -> 'FeatureNetwork':
+        "Never trainable: gradients reach the images, not the weights."
         return super().requires_grad_(False)  # frozen: never trainable
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -287,6 +294,7 @@ class FeatureNetwork(nn.Module):
         return ((x + 1) / 2 - self.mean) / self.std            # $x' = (\frac{x + 1}{2} - \mu) / \sigma$
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        "Images (N, 3, H, W) in [-1, 1] -> 4 feature maps (N, C_l, s_l, s_l) at strides 4, 8, 16, 32."
         check(images.ndim == 4 and images.shape[1] == 3, f"FeatureNetwork wants (N, 3, H, W) images in [-1, 1]; "
               f"got shape {tuple(images.shape)}")
         x = self.preprocess(images)
@@ -299,4 +307,5 @@ class FeatureNetwork(nn.Module):
         return self.backbone(self.preprocess(images))
 
     def extra_repr(self) -> str:
+        "Name, input size, channels and weights, for print(net)."
         return f'{self.name}, resolution={self.resolution}, channels={self.channels}, weights={self.weights_source!r}'

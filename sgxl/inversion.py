@@ -241,11 +241,17 @@ class Inversion:
     projection: Projection
     tuning: PivotalTuning
     @property
-    def ws(self) -> torch.Tensor: return self.projection.ws
+    def ws(self) -> torch.Tensor:
+        "The projected latent (1, num_ws, w_dim): the pivot that PTI tunes G around."
+        return self.projection.ws
     @property
-    def c(self) -> int | None: return self.projection.c
+    def c(self) -> int | None:
+        "The class the image was projected with (given, or inferred); None for an unconditional G."
+        return self.projection.c
     @property
-    def G(self) -> nn.Module: return self.tuning.G
+    def G(self) -> nn.Module:
+        "The generator tuned by PTI around the pivot."
+        return self.tuning.G
     def report(self) -> dict:
         "PSNRs (dB) at the class mean, after projection, after PTI; the class and, if inferred, its probability."
         p = self.projection
@@ -345,6 +351,7 @@ def edit_figure(G: nn.Module, ws: torch.Tensor, directions: Sequence[torch.Tenso
 
 # %% ../nbs/19_inversion.ipynb #f46cfffe
 def invert_parser() -> argparse.ArgumentParser:
+    "The argument parser of `sgxl invert`."
     p = argparse.ArgumentParser(
         prog='sgxl invert', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Invert an image into a trained generator: project it into W (Adam on w from the mean of w of its\n'

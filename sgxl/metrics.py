@@ -68,6 +68,7 @@ class FeatureStats:
         self.keep, self.n, self.s1, self.s2, self.chunks = keep, 0, None, None, []
 
     def append(self, x: torch.Tensor) -> 'FeatureStats':
+        "Add a batch of feature vectors (B, ...) to the running sums $\\sum f$ and $\\sum f f^\\top$ (float64)."
         x = x.detach().reshape(len(x), -1).to(torch.float64)             # (B, D)
         if self.s1 is None:
             self.s1 = x.new_zeros(x.shape[1]); self.s2 = x.new_zeros(x.shape[1], x.shape[1])
@@ -78,12 +79,15 @@ class FeatureStats:
         return self
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """$\\mu = \\frac1n \\sum f$ and the unbiased covariance
+        $\\Sigma = \\frac{1}{n-1}(\\sum f f^\\top - n \\mu \\mu^\\top)$."""
         check(self.n >= 2, f"a covariance needs at least 2 feature vectors; got {self.n}")
         mu = self.s1 / self.n
         cov = (self.s2 - self.n * torch.outer(mu, mu)) / (self.n - 1)     # unbiased sample covariance
         return mu.cpu().numpy(), cov.cpu().numpy()
 
     def features(self) -> np.ndarray:
+        "Every feature vector seen, (N, D) float32 (only with keep=True: precision/recall and KID need them)."
         check(self.keep, "these FeatureStats were built with keep=False: only the mean and covariance exist")
         return torch.cat(self.chunks).numpy()                             # (N, D) float32
 
@@ -287,6 +291,7 @@ class InceptionFeatures(torch.nn.Module):
     def _grab(self, module, inputs, output): self._spatial = output
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        "uint8 images (N, 3, H, W) -> {'pool': (N, 2048) for FID, 'logits': for IS, 'spatial': for sFID}."
         check(images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3,
               f"feature networks take uint8 images (N, 3, H, W); got {images.dtype} {tuple(images.shape)}")
         pool, logits = self.net(images)                                   # (N, 2048), (N, 1008)
@@ -302,6 +307,7 @@ class VGG16Features(torch.nn.Module):
         self.net = FeatureExtractorVGG16(id, ['fc2_relu'], feature_extractor_weights_path=_as_file(state_dict))
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        "uint8 images (N, 3, H, W) -> {'fc2': (N, 4096)}, the VGG16 features precision/recall compare."
         check(images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3,
               f"feature networks take uint8 images (N, 3, H, W); got {images.dtype} {tuple(images.shape)}")
         return {'fc2': self.net(images)[0]}                               # (N, 4096)
@@ -438,6 +444,7 @@ def save_npz(path: Path, **arrays) -> Path:
     return atomic_write(path, buf.getvalue())
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
+    "The arrays of an .npz file written by `save_npz`."
     with np.load(path) as f: return {k: f[k] for k in f.files}
 
 # %% ../nbs/12_metrics.ipynb #233726b9

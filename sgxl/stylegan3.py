@@ -37,13 +37,17 @@ class FullyConnected(nn.Module):
         self.impl = 'auto'                                      # ops implementation (see `set_ops_impl`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:         # (N, in) -> (N, out)
+        """$y = \\phi(x\\,(\\lambda \\hat W / \\sqrt{fan_{in}})^\\top + \\lambda \\hat b)$ with $\\lambda$ = lr_mult:
+        (N, in) -> (N, out)."""
         w = self.weight.to(x.dtype) * self.weight_gain
         b = None if self.bias is None else self.bias.to(x.dtype) * self.bias_gain
         if self.activation == 'linear' and b is not None:
             return torch.addmm(b[None], x, w.t())
         return bias_act(x.matmul(w.t()), b, act=self.activation, impl=self.impl)
 
-    def extra_repr(self): return f'{self.in_features} -> {self.out_features}, {self.activation}'
+    def extra_repr(self):
+        "Sizes and activation, for print(layer)."
+        return f'{self.in_features} -> {self.out_features}, {self.activation}'
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
     "$x / \\sqrt{\\mathrm{mean}(x^2) + \\epsilon}$ along `dim`: puts z (and label embeddings) on the unit sphere's scale."
@@ -136,6 +140,8 @@ class MappingNetwork(nn.Module):
 
     def forward(self, z, c=None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 update_w_avg: bool | str = False) -> torch.Tensor:
+        """ws (N, num_ws, w_dim): $w$ = MLP([norm(z), norm(P e(c))]) broadcast to every layer, truncated toward the
+        (class) mean: $\\bar w + \\psi (w - \\bar w)$."""
         w = self.embed_w(z, c)
         onehot = labels_to_onehot(c, self.c_dim, w.device)
         if update_w_avg and not self.freeze_w_avg:                        # 'defer': sum now, update in commit_pending
@@ -240,6 +246,8 @@ class FourierInput(nn.Module):
         return rot @ shift @ torch.linalg.inv(self.transform.to(rot))      # $R\,(x - t)$ after $T^{-1}$ (T: (3,3) or (N,3,3))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        """Fourier features $W \\sin(2\\pi (f \\cdot x' + \\varphi))$ on the grid, x' the rotated and translated
+        coordinates: (N, C, size, size)."""
         m = self.coordinate_map(w)                                          # (N, 3, 3)
         a, b = m[:, :2, :2], m[:, :2, 2]
         freqs = self.freqs[None] @ a                                        # $A^\top f$ as rows: (N, C, 2)
@@ -281,6 +289,7 @@ def alias_free_padding(n: int, out_size: int, up: int, down: int, taps_up: int, 
 class MagnitudeTracked(nn.Module):
     "A layer that divides its input by the RMS tracked in `magnitude_ema` (SynthesisLayer and ToRGB)."
     def init_magnitude(self, beta: float, frozen: bool):
+        "Start the tracked mean square of the input at 1, with decay `beta` (frozen: never updated)."
         self.magnitude_ema_beta, self.freeze_magnitude_ema = beta, frozen
         self.register_buffer('magnitude_ema', torch.ones([]))            # EMA of mean(x^2) of the input
 
@@ -308,9 +317,17 @@ class MagnitudeTracked(nn.Module):
 
 class SynthesisLayer(MagnitudeTracked):
     "Modulated conv + alias-free filtered leaky ReLU: (N, C_in, size_in^2) -> (N, C_out, size_out^2)."
-    def __init__(self, w_dim: int, in_spec: LayerSpec, out_spec: LayerSpec, kernel_size: int = 3,
-                 filter_size: int = 6, lrelu_upsampling: int = 2, conv_clamp: float | None = 256.0,
-                 magnitude_ema_beta: float = 0.999, freeze_magnitude_ema: bool = False, lowpass: bool = True):
+    def __init__(self,
+                 w_dim: int,                          # size of w, which the affine layer turns into styles
+                 in_spec: LayerSpec,                  # input: channels, size, sampling rate, cutoff, half-width
+                 out_spec: LayerSpec,                 # output: the same, from the filter schedule
+                 kernel_size: int = 3,                # conv kernel (config T: 3, config R: 1)
+                 filter_size: int = 6,                # low-pass taps per unit of up/down factor
+                 lrelu_upsampling: int = 2,           # oversampling of the leaky ReLU over the larger rate
+                 conv_clamp: float | None = 256.0,    # clamp of pre-activations; None = none
+                 magnitude_ema_beta: float = 0.999,   # decay of the tracked input RMS
+                 freeze_magnitude_ema: bool = False,  # never update the tracked RMS (rung B+)
+                 lowpass: bool = True):               # Kaiser low-pass filters (False: box filters, for the demo)
         super().__init__()
         self.in_spec, self.out_spec, self.kernel_size, self.conv_clamp = in_spec, out_spec, kernel_size, conv_clamp
         self.affine = FullyConnected(w_dim, in_spec.channels, bias_init=1.0)
@@ -336,6 +353,8 @@ class SynthesisLayer(MagnitudeTracked):
         self.register_buffer('down_filter', fd.to(dev), persistent=False)    # (K_d,) separable
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, update_emas: bool | str = False) -> torch.Tensor:
+        """Modulated conv of $x/\\sigma$ with styles A(w), then filtered leaky ReLU (upsample, lrelu, low-pass,
+        downsample): (N, C_in, s_in, s_in) -> (N, C_out, s_out, s_out)."""
         check(x.shape[1:] == (self.in_spec.channels, self.in_spec.size, self.in_spec.size),
               f"{self.out_spec.name}: input {tuple(x.shape)}, want (N, {self.in_spec.channels}, "
               f"{self.in_spec.size}, {self.in_spec.size})")
@@ -350,6 +369,7 @@ class SynthesisLayer(MagnitudeTracked):
                               slope=0.2, clamp=self.conv_clamp, impl=self.impl)   # (N, C_out, size_out, size_out)
 
     def extra_repr(self):
+        "Sizes, sampling rates, up/down factors and filters, for print(layer)."
         i, o = self.in_spec, self.out_spec
         return (f'{o.name}: {i.channels}x{i.size}^2 @ {i.sampling_rate} -> {o.channels}x{o.size}^2 @ {o.sampling_rate}, '
                 f'up {self.up}, down {self.down}, lowpass={self.lowpass}')
@@ -369,6 +389,8 @@ class ToRGB(MagnitudeTracked):
         self.impl = 'auto'
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, update_emas: bool | str = False) -> torch.Tensor:
+        """Image channels of the features: modulated 1x1 conv of $x/\\sigma$ (no demodulation), crop to size, bias and
+        clamp: (N, C, S, S) -> (N, 3, R, R)."""
         gain = self.track_magnitude(x, update_emas)                          # $1/\sigma$
         styles = self.affine(w) * self.weight_gain                           # (N, C_in)
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, input_gain=gain)   # (N, 3, S, S)
@@ -400,11 +422,17 @@ class SynthesisNetwork(nn.Module):
         return {k: self.layer_kwargs[k] for k in ('conv_clamp', 'magnitude_ema_beta', 'freeze_magnitude_ema')}
 
     @property
-    def num_ws(self) -> int: return len(self.layers) + 1
+    def num_ws(self) -> int:
+        "Ws the network reads: one for the Fourier input and one per layer (ToRGB included)."
+        return len(self.layers) + 1
     @property
-    def img_resolution(self) -> int: return self.layers[-1].out_spec.size
+    def img_resolution(self) -> int:
+        "Side of the output images."
+        return self.layers[-1].out_spec.size
     @property
-    def img_channels(self) -> int: return self.layers[-1].out_spec.channels
+    def img_channels(self) -> int:
+        "Channels of the output images."
+        return self.layers[-1].out_spec.channels
 
     def set_lowpass(self, enabled: bool = True):
         "Switch every layer between Kaiser low-pass filters (True) and box filters (False)."
@@ -412,6 +440,8 @@ class SynthesisNetwork(nn.Module):
             if isinstance(layer, SynthesisLayer): layer.set_lowpass(enabled)
 
     def forward(self, ws: torch.Tensor, update_emas: bool | str = False, return_features: bool = False):
+        """ws (N, num_ws, w_dim) -> images (N, C, res, res), times output_scale; with `return_features`, also every
+        layer's output."""
         check(ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim),
               f"ws of shape {tuple(ws.shape)}: want (N, {self.num_ws}, {self.w_dim})")
         x = self.input(ws[:, 0])                                            # (N, C0, 36, 36)
@@ -425,15 +455,35 @@ class SynthesisNetwork(nn.Module):
 # %% ../nbs/02_stylegan3.ipynb #86615f32
 class Generator(nn.Module):
     "StyleGAN3-T: G(z, c, truncation_psi, truncation_cutoff) -> images (N, img_channels, res, res) in about [-1, 1]."
-    def __init__(self, z_dim: int = 512, c_dim: int = 0, w_dim: int = 512, img_resolution: int = 256,
-                 img_channels: int = 3, *, num_layers: int = 14, num_critical: int = 2, margin_size: int = 10,
-                 channel_base: int = 32768, channel_max: int = 512, first_cutoff: float = 2.0,
-                 first_stopband: float = 2 ** 2.1, last_stopband_rel: float = 2 ** 0.3,
-                 schedule: Sequence[LayerSpec] | None = None, conv_kernel: int = 3, filter_size: int = 6,
-                 lrelu_upsampling: int = 2, conv_clamp: float | None = 256.0, magnitude_ema_beta: float = 0.999,
-                 freeze_magnitude_ema: bool = False, output_scale: float = 0.25, mapping_layers: int = 2,
-                 mapping_lr_mult: float = 0.01, embed_dim: int = 512, embed_proj_dim: int = 512,
-                 w_avg_beta: float = 0.998, embed_activation: str = 'lrelu'):
+    def __init__(self,
+                 z_dim: int = 512,                    # latent z size (StyleGAN3: 512; StyleGAN-XL: 64)
+                 c_dim: int = 0,                      # number of classes; 0 = unconditional
+                 w_dim: int = 512,                    # intermediate latent w size
+                 img_resolution: int = 256,           # output side R (power of two)
+                 img_channels: int = 3,               # output channels
+                 *,
+                 num_layers: int = 14,                # synthesis layers before ToRGB
+                 num_critical: int = 2,               # last layers sampled critically (cutoff at Nyquist)
+                 margin_size: int = 10,               # extra pixels around each feature map
+                 channel_base: int = 32768,           # channels = min(channel_base / 2 / cutoff, channel_max)
+                 channel_max: int = 512,              # channel cap
+                 first_cutoff: float = 2.0,           # cutoff of the first layer (= the Fourier input's bandwidth)
+                 first_stopband: float = 2 ** 2.1,    # stopband of the first layer
+                 last_stopband_rel: float = 2 ** 0.3, # last stopband relative to its cutoff
+                 schedule: Sequence[LayerSpec] | None = None,  # a ready layer schedule (overrides the eight above)
+                 conv_kernel: int = 3,                # 3 (config T) or 1 (config R)
+                 filter_size: int = 6,                # taps of the low-pass filters per unit of up/down factor
+                 lrelu_upsampling: int = 2,           # oversampling of the leaky ReLU
+                 conv_clamp: float | None = 256.0,    # clamp of pre-activations; None = none
+                 magnitude_ema_beta: float = 0.999,   # decay of each layer's tracked input RMS
+                 freeze_magnitude_ema: bool = False,  # never update the tracked RMS (rung B+)
+                 output_scale: float = 0.25,          # the images are ToRGB's output times this
+                 mapping_layers: int = 2,             # FC layers of the mapping network
+                 mapping_lr_mult: float = 0.01,       # learning-rate multiplier of the mapping network
+                 embed_dim: int = 512,                # size of the class embedding (rung C: 320)
+                 embed_proj_dim: int = 512,           # width of its projection, concatenated to z (rung C: 64)
+                 w_avg_beta: float = 0.998,           # decay of the tracked (per-class) means of w
+                 embed_activation: str = 'lrelu'):    # activation after the embedding's projection
         super().__init__()
         if schedule is None:
             schedule = filter_schedule(img_resolution, num_layers, num_critical, margin_size, channel_base,
@@ -449,7 +499,9 @@ class Generator(nn.Module):
                                       embed_dim, embed_proj_dim, w_avg_beta, embed_activation)
 
     @property
-    def num_ws(self) -> int: return self.synthesis.num_ws
+    def num_ws(self) -> int:
+        "Ws the synthesis network reads (the mapping network broadcasts w to all of them)."
+        return self.synthesis.num_ws
 
     @classmethod
     def from_config(cls, cfg: Config, c_dim: int | None = None, img_channels: int = 3) -> 'Generator':

@@ -64,6 +64,7 @@ class StatsLog:
         atomic_write(self.path, ''.join(l + '\n' for l in keep))
 
     def log(self, step: int, kimg: float, scalars: dict[str, float]):
+        "Append one row (step, kimg, scalars) to stats.jsonl and TensorBoard (rank 0 only)."
         if not self.enabled: return
         row = {'step': step, 'kimg': round(kimg, 6), **{k: float(v) for k, v in scalars.items()}}
         with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
@@ -72,9 +73,11 @@ class StatsLog:
             self.tb.flush()
 
     def read(self) -> list[dict]:
+        "Every row written so far."
         return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()] if self.path.exists() else []
 
     def close(self):
+        "Flush and close the TensorBoard writer."
         if self.tb is not None: self.tb.close()
 
 # %% ../nbs/17_training.ipynb #d1f256df
@@ -161,8 +164,16 @@ def check_before_training(cfg: Config):
 
 class Trainer:
     "One training run: data, the rung, the loop, snapshots, checkpoints. Every rank trains; rank 0 writes."
-    def __init__(self, cfg: Config, outdir='runs', resume=None, device=None, progress: bool = True,
-                 keep: int = 3, log_kimg: float | None = None, resume_changes: dict | None = None, init=None):
+    def __init__(self,
+                 cfg: Config,                         # the run's config (a resume uses the checkpoint's instead)
+                 outdir='runs',                       # parent folder of the run folders
+                 resume=None,                         # a run folder or checkpoint to continue
+                 device=None,                         # 'cpu', 'cuda', ...; None = a GPU if any (torchrun: the rank's)
+                 progress: bool = True,               # a progress bar on rank 0
+                 keep: int = 3,                       # checkpoints kept, besides best.*
+                 log_kimg: float | None = None,       # stats interval in kimg; None = min(1, snap_kimg / 4)
+                 resume_changes: dict | None = None,  # fields a resume may change (length, snapshot interval, ...)
+                 init=None):                          # a network whose weights start a new run (not with `resume`)
         check(init is None or resume is None, "--init starts a new run from a network's weights, --resume continues "
               "a run: give one of them")
         self.rank, self.world, self.device = init_distributed(device)
@@ -191,7 +202,9 @@ class Trainer:
         self.grid_z, self.grid_c = grid_latents(cfg.seed, self.rung.G.z_dim, cfg.c_dim)
 
     @property
-    def is_main(self) -> bool: return self.rank == 0
+    def is_main(self) -> bool:
+        "Rank 0: the process that writes files and prints."
+        return self.rank == 0
 
     def batch_now(self) -> tuple[int, int | None]:
         "(batch, batch_gpu) of the current stage: the rung's stage config once it exists, else stage 0's."
@@ -231,10 +244,12 @@ def check_resume_changes(changes: dict) -> dict:
 # %% ../nbs/17_training.ipynb #7d3091c6
 @patch
 def state(self: Trainer) -> dict:
+    "What a checkpoint holds: the rung (networks, optimisers, progress), the data loader's position, every RNG."
     return {'rung': self.rung.state_dict(), 'loader': self.loader.state_dict(), 'rng': rng_state()}
 
 @patch
 def meta(self: Trainer) -> dict:
+    "A checkpoint's JSON metadata: config, step, kimg, stage, resolution, dataset, metrics, weights' sources, version."
     from sgxl import __version__
     D_sources = getattr(self.rung.D, 'weights_sources', {})
     return {'config': self.cfg.to_dict(), 'step': self.step_index, 'kimg': self.rung.kimg,
@@ -262,6 +277,7 @@ def checked(self: Trainer, path: Path, read):
 
 @patch
 def load(self: Trainer, path: Path):
+    "Continue from checkpoint `path`: rung, loader position, RNG states, step and metrics, bit for bit."
     state, meta = self.checked(path, lambda p: load_checkpoint(p, map_location=self.device))
     self.rung.load_state_dict(state['rung'])                                   # (rebuilds a later stage's networks)
     if self.rung.resolution != self.dataset.resolution: self.set_data(self.rung.resolution)
@@ -396,6 +412,7 @@ TRAIN_EXAMPLES = """examples:
 """
 
 def train_parser() -> argparse.ArgumentParser:
+    "The argument parser of `sgxl train`."
     p = argparse.ArgumentParser(prog='sgxl train', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Train a rung of the ladder A..F. Without --cfg, --data, --preset or --resolution: the CPU '
                     'demo: rung F (every change of the ladder at once) at the tiny preset (32 px, batch 8) on the '
