@@ -67,7 +67,8 @@ def run_once(args, threads: int, work: Path, i: int) -> tuple[dict[str, bool], l
     "One pytest process at `threads` threads: (outcomes, recorded values, seconds, return code)."
     junit, record = work / f'junit-{threads}-{i}.xml', work / f'values-{threads}-{i}.tsv'
     env = {**os.environ, 'SGXL_TEST_THREADS': str(threads), 'SGXL_RECORD': str(record)}
-    cmd = [sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p', 'no:cacheprovider',   # one process per run f'--junitxml={junit}', *args.tests]
+    cmd = [sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p', 'no:cacheprovider',   # -n 0: one process per run
+           f'--junitxml={junit}', *args.tests]
     if args.keyword: cmd += ['-k', args.keyword]
     t0 = time.time()
     try:
