@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import Config, check, get_device
-from .ops import bias_act, downsample2d, setup_filter, upfirdn2d
+from .ops import bias_act, downsample2d, upfirdn2d
+from .ops_reference import setup_filter
 from .stylegan3 import (ClassEmbedding, FullyConnected, Generator, commit_pending, labels_to_onehot,
                             normalize_2nd_moment, set_ops_impl)
 
