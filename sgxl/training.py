@@ -5,9 +5,7 @@
 # %% ../nbs/17_training.ipynb #887eab85
 from __future__ import annotations
 
-import datetime
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -18,14 +16,13 @@ import torch.distributed as dist
 
 from .checkpoint import (CheckpointError, CheckpointManager, latest_checkpoint, list_checkpoints, load_checkpoint,
                              resolve_checkpoint)
-from .core import atomic_write, check, get_device
+from .core import atomic_write, check
 
 # %% auto #0
-__all__ = ['DIST_TIMEOUT_MIN', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_METRICS', 'DEMO_TARGETS', 'rng_state',
-           'set_rng_state', 'StatsLog', 'init_distributed', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents',
-           'metric_key', 'check_before_training', 'Trainer', 'check_resume_changes', 'MetricError', 'train_parser',
-           'parse_set', 'is_demo', 'parse_metrics', 'config_from_args', 'resume_changes_from_args', 'demo_scores',
-           'demo_report', 'train_main']
+__all__ = ['RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_METRICS', 'DEMO_TARGETS', 'rng_state', 'set_rng_state',
+           'StatsLog', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key', 'check_before_training',
+           'Trainer', 'check_resume_changes', 'MetricError', 'train_parser', 'parse_set', 'is_demo', 'parse_metrics',
+           'config_from_args', 'resume_changes_from_args', 'demo_scores', 'demo_report', 'train_main']
 
 # %% ../nbs/17_training.ipynb #7e30490a
 def rng_state() -> dict:
@@ -80,25 +77,9 @@ class StatsLog:
         "Flush and close the TensorBoard writer."
         if self.tb is not None: self.tb.close()
 
-# %% ../nbs/17_training.ipynb #d1f256df
-# A collective waits this long for the slowest rank before it fails: longer than the longest pause of one rank,
-# which is rank 0 reading 50k real images for fid50k's statistics the first time (minutes on a GPU; torch's
-# default is 10 minutes for NCCL). SGXL_DIST_TIMEOUT_MIN sets another value.
-DIST_TIMEOUT_MIN = 120
-
-def init_distributed(device: str | None = None) -> tuple[int, int, torch.device]:
-    "Join the torchrun process group if there is one; returns (rank, world_size, device)."
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world == 1: return 0, 1, get_device(device)
-    rank, local = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
-    use_cuda = torch.cuda.is_available() and (device is None or str(device) in ('auto', 'cuda'))
-    if use_cuda: torch.cuda.set_device(local)
-    timeout = datetime.timedelta(minutes=float(os.environ.get('SGXL_DIST_TIMEOUT_MIN', DIST_TIMEOUT_MIN)))
-    if not dist.is_initialized(): dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=timeout)
-    return rank, world, torch.device(f'cuda:{local}' if use_cuda else 'cpu')
-
 # %% ../nbs/17_training.ipynb #5b9ff812
 from .baseline import RungA
+from .distributed import init_distributed, training_rung
 from .embeddings import RungC
 from .growing import RungD
 from .guidance import RungF
@@ -107,9 +88,9 @@ from .projected import RungB
 RUNG_CLASSES = {'A': RungA, 'B': RungB, 'C': RungC, 'D': RungD, 'E': RungD, 'F': RungF}   # E = D + a config change
 
 def rung_class(cfg: Config) -> type:
-    "The training-step class of the config's rung."
+    "The class `sgxl train` builds for the config's rung: `training_rung` of its rung class."
     check(cfg.cfg in RUNG_CLASSES, f"cfg={cfg.cfg!r}: choose one of {', '.join(RUNG_CLASSES)}")
-    return RUNG_CLASSES[cfg.cfg]
+    return training_rung(RUNG_CLASSES[cfg.cfg])
 
 # %% ../nbs/17_training.ipynb #a0bc5914
 def data_slug(data: str) -> str:
