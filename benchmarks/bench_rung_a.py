@@ -4,8 +4,8 @@
     python benchmarks/bench_rung_a.py --device cuda --rows tiny paper-256 --impls auto --batch 8
 
 Prints one table: preset, ops implementation, batch, G and D parameters, and the median time of a G forward
-(no grad), a G forward + backward (the generator half of a step) and a whole `RungA.step` (G step, D step,
-R1 at step 0 only, EMA). The 'cpu' kernels are built on first use (once; cached), outside the timing.
+(no grad), a G forward + backward (the generator half of a step) and a whole training step of rung A as `sgxl train`
+runs it (`training_rung(RungA)`: G step, D step, R1 at step 0 only, EMA; bf16 autocast on CUDA). The 'cpu' kernels are built on first use (once; cached), outside the timing.
 """
 import argparse
 import statistics
@@ -16,6 +16,7 @@ import torch
 from sgxl.baseline import RungA
 from sgxl.core import make_config, seed_everything
 from sgxl.stylegan3 import count_parameters
+from sgxl.training import training_rung
 
 ROWS = {
     'tiny': lambda: make_config('A', 'tiny', c_dim=4),
@@ -38,7 +39,7 @@ def timed(fn, device, repeats):
 def bench(row, impl, batch, device, repeats):
     seed_everything(0)
     cfg = ROWS[row]().replace(batch=batch, ops_impl=impl, r1_interval=10 ** 9)   # R1 only at step 0 (warm-up)
-    rung = RungA(cfg, device)
+    rung = training_rung(RungA)(cfg, device)
     G = rung.G
     z = torch.randn(batch, G.z_dim, device=device)
     c = torch.randint(0, cfg.c_dim, (batch,), device=device)

@@ -27,7 +27,7 @@ import scipy.signal
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sgxl import ops, ops_build  # noqa: E402
+from sgxl import ops, ops_build, ops_reference  # noqa: E402
 
 
 def sg3_layers(res=256, num_layers=14, num_critical=2, margin=10, first_cutoff=2.0, first_stopband=2 ** 2.1,
@@ -69,7 +69,7 @@ def make_case(kind, index, batch, device, dtype):
         L = layers[index]
         x = torch.randn(batch, L['channels'], L['h_in'], L['h_in'], generator=g).to(device, dtype)
         b = torch.randn(L['channels'], generator=g).to(device, dtype)
-        f = lambda taps: None if taps is None else ops.setup_filter(taps, device=device)
+        f = lambda taps: None if taps is None else ops_reference.setup_filter(taps, device=device)
         fu, fd = f(L['fu']), f(L['fd'])
         fn = lambda impl, x, b: ops.filtered_lrelu(x, fu, fd, b, up=L['up'], down=L['down'], padding=L['padding'],
                                                    clamp=256, impl=impl)

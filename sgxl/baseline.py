@@ -14,14 +14,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import Config, check, get_device
-from .ops import bias_act, downsample2d, setup_filter, upfirdn2d
+from .ops import bias_act, downsample2d, upfirdn2d
+from .ops_reference import setup_filter
 from .stylegan3 import (ClassEmbedding, FullyConnected, Generator, commit_pending, labels_to_onehot,
                             normalize_2nd_moment, set_ops_impl)
 
 # %% auto #0
 __all__ = ['Conv2dLayer', 'DiscriminatorBlock', 'minibatch_stddev', 'ResNetDiscriminator', 'd_logistic_loss',
            'g_nonsaturating_loss', 'r1_penalty', 'ema_beta', 'update_ema', 'lazy_adam', 'optimizer_params', 'Chunk',
-           'global_draws', 'make_chunks', 'average_buffers', 'all_reduce_grads', 'RungA']
+           'draw_latents', 'RungA']
 
 # %% ../nbs/04_config_a.ipynb #baf697c5
 class Conv2dLayer(nn.Module):
@@ -169,7 +170,6 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float):
         b_ema.copy_(b)
 
 # %% ../nbs/04_config_a.ipynb #2531f188
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -190,72 +190,39 @@ def optimizer_params(opt: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
 
 @dataclass
 class Chunk:
-    "The slice of a step's batch one forward/backward pass sees."
+    "The batch one forward/backward pass sees: the whole batch here; a slice of it in `17_training`."
     real: torch.Tensor                      # (n, C, R, R) in [-1, 1]
     c: torch.Tensor | None                  # labels (n,) or None
     z: torch.Tensor                         # (n, z_dim) latents of the G phase
     z_d: torch.Tensor                       # (n, z_dim) latents of the fakes the D phase sees
     mix_z: torch.Tensor | None = None       # (n, z_dim) second latents for style mixing, or None
     mix_cutoff: int | None = None           # first ws index taken from mix_z
-    weight: float = 1.0                     # |chunk| / |this rank's batch| (all-reduce then averages ranks)
+    weight: float = 1.0                     # its share of the batch: 1 here; |chunk| / |batch| when split
     c_g: torch.Tensor | None = None         # (n,) labels of the G phase's fakes, drawn from the label distribution
     c_d: torch.Tensor | None = None         # (n,) labels of the D phase's fakes, drawn anew
 
 # %% ../nbs/04_config_a.ipynb #b9e3a1f4
-def global_draws(n_global: int, z_dim: int, num_ws: int, mixing: float, device,
+def draw_latents(n: int, z_dim: int, num_ws: int, mixing: float, device,
                  label_probs: torch.Tensor | None = None) -> dict:
-    """Latents, style-mixing choices and (with `label_probs`, the class frequencies) the fakes' labels for the
-    whole global batch, from the global torch RNG (same on every rank)."""
-    draws = {'z': torch.randn(n_global, z_dim), 'z_d': torch.randn(n_global, z_dim), 'mix_z': None, 'mix_cutoff': None,
+    """Latents (n, z_dim) for the G and the D phase, the style-mixing choice (with probability `mixing`: second
+    latents and a cutoff in [1, num_ws)) and, with `label_probs` (the class frequencies), the fakes' labels (n,)."""
+    draws = {'z': torch.randn(n, z_dim), 'z_d': torch.randn(n, z_dim), 'mix_z': None, 'mix_cutoff': None,
              'c_g': None, 'c_d': None}
     if mixing > 0 and float(torch.rand([])) < mixing:
-        draws['mix_z'] = torch.randn(n_global, z_dim)
+        draws['mix_z'] = torch.randn(n, z_dim)
         draws['mix_cutoff'] = int(torch.randint(1, num_ws, []))
     if label_probs is not None:                                         # $c \sim p_{data}(c)$, twice, independently
-        draws['c_g'], draws['c_d'] = torch.multinomial(label_probs.cpu().float(), 2 * n_global, True).chunk(2)
+        draws['c_g'], draws['c_d'] = torch.multinomial(label_probs.cpu().float(), 2 * n, True).chunk(2)
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in draws.items()}
-
-def make_chunks(real, c, draws: dict, rank: int, world: int, batch_gpu: int | None) -> list[Chunk]:
-    "Split this rank's slice of the global draws and its reals into chunks of `batch_gpu`."
-    n = len(real)
-    lo = rank * n                                                       # this rank's slice of the draws
-    size = batch_gpu or n
-    chunks = []
-    for s in range(0, n, size):
-        e = min(s + size, n)
-        sl = lambda t: None if t is None else t[lo + s:lo + e]
-        chunks.append(Chunk(real[s:e], None if c is None else c[s:e], sl(draws['z']), sl(draws['z_d']),
-                            sl(draws["mix_z"]), draws["mix_cutoff"], (e - s) / n, sl(draws.get('c_g')),
-                            sl(draws.get('c_d'))))
-    return chunks
-
-@torch.no_grad()
-def average_buffers(module: nn.Module, world: int):
-    "Average float buffers over processes, so every copy of a network stays identical (no-op for one process)."
-    if world == 1: return
-    for b in module.buffers():
-        if b.is_floating_point():
-            torch.distributed.all_reduce(b)
-            b.div_(world)
-
-def all_reduce_grads(params, world: int):
-    "Average the gradients of `params` over all processes with one flat all-reduce (no-op for one process)."
-    if world == 1: return
-    params = [p for p in params if p.grad is not None]
-    if not params: return
-    flat = torch.cat([p.grad.flatten() for p in params]) / world
-    torch.distributed.all_reduce(flat)
-    for p, g in zip(params, flat.split([p.numel() for p in params])): p.grad.copy_(g.view_as(p))
 
 # %% ../nbs/04_config_a.ipynb #c4d2e6a8
 class RungA:
     "Rung A's trainer: StyleGAN3-T G, ResNet D, logistic loss, lazy R1, G EMA; the base of every later rung."
-    def __init__(self, cfg: Config, device=None, c_dim: int | None = None, img_channels: int = 3,
-                 dataset=None, rank: int = 0, world: int = 1):
-        self.cfg, self.device, self.rank, self.world = cfg, get_device(device), rank, world
+    def __init__(self, cfg: Config, device=None, c_dim: int | None = None, img_channels: int = 3, dataset=None):
+        self.cfg, self.device = cfg, get_device(device)
         self.c_dim = cfg.c_dim if c_dim is None else c_dim
         self.img_channels, self.dataset = img_channels, dataset
-        self.nimg = 0                                                         # real images shown so far (all ranks)
+        self.nimg = 0                                                         # real images shown so far
         self.build()
 
     # --- construction hooks --------------------------------------------------------------------------
@@ -289,7 +256,6 @@ class RungA:
         self.opt_G = lazy_adam(self.g_trainable(), cfg.g_lr, cfg.betas, cfg.adam_eps, cfg.pl_interval, self.g_reg_active())
         self.opt_D = lazy_adam(self.d_trainable(), cfg.d_lr, cfg.betas, cfg.adam_eps, cfg.r1_interval,
                                cfg.r1 > 0 or cfg.d_lazy_scaling)
-        self.scalers = {}                                                     # fp16 gradient scalers, per phase
 
     @property
     def label_probs(self) -> torch.Tensor | None:
@@ -307,16 +273,16 @@ class RungA:
         return self.G.img_resolution
     @property
     def kimg(self) -> float:
-        "Thousands of real images shown to D so far (all processes)."
+        "Thousands of real images shown to D so far."
         return self.nimg / 1000
 
-    # --- losses (one chunk each; return (loss, stats)) ----------------------------------------------------
+    # --- losses (one batch `b` each; return (loss, stats)) ------------------------------------------------
     def discriminate(self, images, c) -> torch.Tensor:
         "Hook: $D(x, c)$, logits (rung A: the ResNet D as is; rung B blurs its inputs first)."
         return self.D(images, c)
 
     def generate(self, b: Chunk, update_emas: bool | str = 'defer') -> torch.Tensor:
-        "$G(z, c)$ for the chunk's latents and labels (with style mixing when the chunk carries it)."
+        "$G(z, c)$ for the batch's latents and labels (with style mixing when the batch carries it)."
         return self.G(b.z, b.c_g, update_emas=update_emas, mix_z=b.mix_z, mix_cutoff=b.mix_cutoff)
 
     def g_loss(self, b: Chunk):
@@ -361,75 +327,64 @@ class RungA:
 
 # %% ../nbs/04_config_a.ipynb #e6f4a8c0
 @patch
-def autocast(self: RungA, phase: str):
-    "autocast for a phase: bf16/fp16 forward passes on CUDA; regularisers and CPU in float32."
-    mp = self.cfg.mixed_precision
-    if self.device.type != 'cuda' or mp == 'off' or phase.endswith('reg'): return contextlib.nullcontext()
-    if mp == 'auto' and not torch.cuda.is_bf16_supported(): return contextlib.nullcontext()
-    return torch.autocast('cuda', dtype=torch.float16 if mp == 'fp16' else torch.bfloat16)
-
-@patch
-def scaler(self: RungA, phase: str):
-    "fp16 needs a gradient scaler (one per phase); bf16 and float32 do not."
-    if self.device.type != 'cuda' or self.cfg.mixed_precision != 'fp16' or phase.endswith('reg'): return None
-    return self.scalers.setdefault(phase, torch.amp.GradScaler('cuda'))
-
-@patch
 def set_training(self: RungA, opt=None):
     "Let only `opt`'s parameters require gradients (None: all trainable parameters again)."
     for o in (self.opt_G, self.opt_D):
         for p in optimizer_params(o): p.requires_grad_(opt is None or o is opt)
 
 @patch
-def run_phase(self: RungA, name: str, opt, loss_fn, chunks: list[Chunk]) -> dict:
-    "One optimiser step: weighted backward over the chunks, all-reduce over processes, Adam step."
-    self.set_training(opt)
-    opt.zero_grad(set_to_none=True)
-    scaler, totals = self.scaler(name), {}
-    for b in chunks:
-        with self.autocast(name):
-            loss, stats = loss_fn(b)
-        weighted = loss.float() * b.weight                                    # $\frac{|B_k|}{|B|} L_{B_k}$
-        (scaler.scale(weighted) if scaler else weighted).backward()
-        for k, v in stats.items(): totals[k] = totals.get(k, 0.0) + v.detach().float() * b.weight
-    all_reduce_grads(optimizer_params(opt), self.world)                       # mean over processes
-    if scaler: scaler.step(opt); scaler.update()
-    else: opt.step()
-    return {k: float(v) for k, v in totals.items()}
-
-@patch
-def step(self: RungA, real_images: torch.Tensor, real_labels=None, step_index: int = 0,
-         batch_gpu: int | None = None) -> dict:
-    "One training step on this rank's slice of the global batch: every due phase, then the EMA of G."
+def check_reals(self: RungA, real_images: torch.Tensor, real_labels=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "Real images in [-1, 1] on the rung's device, (N, C, R, R) at the rung's resolution, and labels; clear errors."
     real = prepare_images(real_images, self.device)
     check(real.shape[1:] == (self.img_channels, self.resolution, self.resolution),
           f"real images of shape {tuple(real.shape)}; this rung trains at "
           f"({self.img_channels}, {self.resolution}, {self.resolution})")
     labels = None if real_labels is None else real_labels.to(self.device)
     if self.c_dim: labels_to_onehot(labels, self.c_dim)                       # clear error for bad labels
-    n_global = len(real) * self.world
-    draws = global_draws(n_global, self.G.z_dim, self.G.num_ws, self.cfg.style_mixing, self.device, self.label_probs)
-    chunks = make_chunks(real, labels, draws, self.rank, self.world, batch_gpu or self.cfg.batch_gpu)
+    return real, labels
+
+@patch
+def draw(self: RungA, n: int) -> dict:
+    "The step's random draws for n images (`draw_latents` with the rung's G, style mixing and label frequencies)."
+    return draw_latents(n, self.G.z_dim, self.G.num_ws, self.cfg.style_mixing, self.device, self.label_probs)
+
+@patch
+def run_phase(self: RungA, name: str, opt, loss_fn, b: Chunk) -> dict:
+    "One optimiser step on the batch: $\\theta \\leftarrow \\mathrm{Adam}(\\theta, \\nabla_\\theta L(b))$ for `opt`'s parameters."
+    self.set_training(opt)
+    opt.zero_grad(set_to_none=True)
+    loss, stats = loss_fn(b)
+    loss.float().backward()
+    opt.step()
+    return {k: float(v.detach()) for k, v in stats.items()}
+
+@patch
+def step(self: RungA, real_images: torch.Tensor, real_labels=None, step_index: int = 0) -> dict:
+    "One training step on a batch of reals: every due phase, one optimiser step each, then the EMA of G."
+    real, labels = self.check_reals(real_images, real_labels)
+    b = Chunk(real, labels, **self.draw(len(real)))
     stats = {}
     try:
-        for name, opt, loss_fn in self.phases(step_index): stats.update(self.run_phase(name, opt, loss_fn, chunks))
+        for name, opt, loss_fn in self.phases(step_index): stats.update(self.run_phase(name, opt, loss_fn, b))
     finally:
         self.set_training(None)
+    return {**stats, 'ema_beta': self.end_step(len(real))}
+
+@patch
+def end_step(self: RungA, n: int) -> float:
+    "After the phases: G's deferred statistics, `after_step`, n more images seen, the EMA of G; returns its beta."
     commit_pending(self.G, self.sum_over_ranks)                               # one EMA update from the whole batch
     self.after_step()
-    average_buffers(self.D, self.world)                                       # (e.g. batch-norm statistics)
-    self.nimg += n_global
-    beta = ema_beta(n_global, self.ema_nimg(), self.cfg.ema_half_life_kimg, self.cfg.ema_rampup)
+    self.nimg += n
+    beta = ema_beta(n, self.ema_nimg(), self.cfg.ema_half_life_kimg, self.cfg.ema_rampup)
     update_ema(self.G_ema, self.G, beta)
-    return {**stats, 'ema_beta': beta}
+    return beta
 
 @patch
 def sum_over_ranks(self: RungA, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    "Sum a list of tensors over processes (one all-reduce); unchanged for one process."
-    if self.world == 1: return tensors
-    flat = torch.cat([t.flatten() for t in tensors])
-    torch.distributed.all_reduce(flat)
-    return [f.view_as(t) for f, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+    """Hook: per-step sums of statistics (G's EMAs, rung B's path lengths) summed over every process of the run.
+    One process holds them all; `17_training`'s `DistributedStep` all-reduces them."""
+    return tensors
 
 # %% ../nbs/04_config_a.ipynb #a8b6c0e2
 @patch
@@ -437,17 +392,17 @@ def state_dict(self: RungA) -> dict:
     "Weights, optimiser states and progress: everything needed to resume."
     return {'G': self.G.state_dict(), 'G_ema': self.G_ema.state_dict(), 'D': self.D.state_dict(),
             'opt_G': self.opt_G.state_dict(), 'opt_D': self.opt_D.state_dict(), 'nimg': self.nimg,
-            'scalers': {k: s.state_dict() for k, s in self.scalers.items()}, 'extra': self.extra_state()}
+            'extra': self.extra_state()}
 
 @patch
 def load_state_dict(self: RungA, state: dict):
-    "Restore what `state_dict` returned (the extra state first: it may rebuild networks, e.g. a later stage)."
+    """Restore what `state_dict` returned (the extra state first: it may rebuild networks, e.g. a later stage).
+    Entries the training loop adds (`17_training`: fp16 gradient scalers) are its own to restore."""
     missing = {'G', 'G_ema', 'D', 'opt_G', 'opt_D', 'nimg'} - set(state)
     check(not missing, f"checkpoint state lacks {sorted(missing)}: was it written by a rung's state_dict()?")
     self.load_extra_state(state.get('extra', {}))
     self.G.load_state_dict(state['G']); self.G_ema.load_state_dict(state['G_ema']); self.D.load_state_dict(state['D'])
     self.opt_G.load_state_dict(state['opt_G']); self.opt_D.load_state_dict(state['opt_D'])
-    for k, s in state.get('scalers', {}).items(): self.scaler(k).load_state_dict(s)
     self.nimg = int(state['nimg'])
 
 @patch

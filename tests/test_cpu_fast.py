@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from sgxl import ops, ops_build, stylegan3
+from sgxl import ops, ops_build, ops_reference, stylegan3
 from sgxl.baseline import RungA
 from sgxl.core import make_config, seed_everything
 from sgxl.stylegan3 import Generator
@@ -136,12 +136,12 @@ def count_kernel_calls(monkeypatch):
 
 def test_auto_uses_the_fast_path_on_cpu(monkeypatch):
     calls = count_kernel_calls(monkeypatch)
-    x, f1 = torch.randn(1, 2, 8, 8), ops.setup_filter([1, 3, 3, 1])
+    x, f1 = torch.randn(1, 2, 8, 8), ops_reference.setup_filter([1, 3, 3, 1])
     ops.filtered_lrelu(x, f1, f1, up=2, down=2, padding=3)
     ops.upfirdn2d(x, f1, up=2)
     ops.bias_act(x, act='lrelu')
     assert calls == ['cpu'] * 3
-    f2 = ops.setup_filter([[1., 2, 1], [2, 4, 2], [1, 2, 1]])                  # 2-D: the kernels' slow loop
+    f2 = ops_reference.setup_filter([[1., 2, 1], [2, 4, 2], [1, 2, 1]])                  # 2-D: the kernels' slow loop
     ops.upfirdn2d(x, f2)
     ops.filtered_lrelu(x, f2, f1, padding=1)
     assert calls == ['cpu'] * 3
@@ -177,7 +177,7 @@ def test_generators_match_reference_and_default_to_the_fast_path(monkeypatch):
 
 def test_bfloat16_on_the_fast_path():
     "bfloat16 runs (in float32 inside) and returns bfloat16 within bfloat16 rounding of the float32 result."
-    fu, fd = ops.setup_filter(torch.hann_window(14)[1:-1]), ops.setup_filter(torch.hann_window(10)[1:-1])
+    fu, fd = ops_reference.setup_filter(torch.hann_window(14)[1:-1]), ops_reference.setup_filter(torch.hann_window(10)[1:-1])
     x = torch.randn(2, 9, 20, 20, generator=torch.Generator().manual_seed(4)).bfloat16().requires_grad_()
     b = torch.randn(9).bfloat16().requires_grad_()
     y = ops.filtered_lrelu(x, fu, fd, b, up=2, down=2, padding=8, clamp=3.0, impl='cpu')

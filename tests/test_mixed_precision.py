@@ -9,7 +9,7 @@ import contextlib
 import pytest
 import torch
 
-from sgxl import ops
+from sgxl import ops, ops_reference
 from sgxl.core import make_config, seed_everything
 from sgxl.data import load
 from sgxl.training import rung_class
@@ -35,7 +35,7 @@ def test_bias_act_takes_a_float32_bias_under_autocast(impl):
 def test_filtered_lrelu_takes_a_float32_bias_under_autocast():
     g = torch.Generator().manual_seed(1)
     x, b = torch.randn(2, 3, 12, 12, generator=g), torch.randn(3, generator=g)
-    f = ops.setup_filter([1, 3, 3, 1])
+    f = ops_reference.setup_filter([1, 3, 3, 1])
     with bf16_autocast():
         y = ops.filtered_lrelu(x.to(torch.bfloat16), f, f, b, up=2, down=2, padding=3, clamp=4)
     assert y.dtype == torch.bfloat16
@@ -77,7 +77,7 @@ def test_a_training_step_under_autocast(rung):
 def test_fused_cuda_ops_under_cuda_autocast(dtype):
     g = torch.Generator().manual_seed(2)
     x, w, b = (torch.randn(*s, generator=g).cuda() for s in ((2, 4, 12, 12), (4, 4, 1, 1), (4,)))
-    f = ops.setup_filter([1, 3, 3, 1]).cuda()
+    f = ops_reference.setup_filter([1, 3, 3, 1]).cuda()
     with torch.autocast('cuda', dtype=dtype):
         h = torch.nn.functional.conv2d(x, w)                   # dtype under autocast, b stays float32
         y = ops.filtered_lrelu(h, f, f, b, up=2, down=2, padding=3, clamp=4, impl='cuda')

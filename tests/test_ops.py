@@ -12,7 +12,7 @@ import scipy.signal
 import torch
 import torch.nn.functional as F
 
-from sgxl import ops
+from sgxl import ops, ops_reference
 
 RNG = np.random.default_rng(0)
 
@@ -81,7 +81,7 @@ def as2d(f):
 
 def lowpass(taps, cutoff=0.25):
     "A Kaiser-windowed sinc, the kind of filter StyleGAN3-T uses (any taps would do for these tests)."
-    return ops.setup_filter(scipy.signal.firwin(taps, min(cutoff * 2, 0.9), fs=2))
+    return ops_reference.setup_filter(scipy.signal.firwin(taps, min(cutoff * 2, 0.9), fs=2))
 
 
 # --- upfirdn2d ---------------------------------------------------------------------------------------------
@@ -97,11 +97,11 @@ UPFIRDN_CASES = [
 @pytest.mark.parametrize('up,down,taps,padding', UPFIRDN_CASES)
 @pytest.mark.parametrize('separable', [True, False])
 def test_upfirdn2d_ref_matches_scatter_loop(up, down, taps, padding, separable):
-    f = ops.setup_filter(RNG.uniform(0.1, 1, taps), separable=separable)
+    f = ops_reference.setup_filter(RNG.uniform(0.1, 1, taps), separable=separable)
     x = torch.tensor(RNG.normal(size=(2, 3, 9, 11)))
     flip = taps % 3 == 1                          # exercise flip_filter too (these filters are asymmetric)
     y = ops.upfirdn2d(x, f.double(), up=up, down=down, padding=padding, flip_filter=flip, gain=1.7, impl='ref')
-    g = ops._resolve_upfirdn(x, f, up, down, padding)
+    g = ops_reference.resolve_upfirdn2d(x, f, up, down, padding)
     for n in range(2):
         for c in range(3):
             want = upfirdn2d_scatter(x[n, c].numpy(), as2d(f), g.up, g.down, g.pad, flip, 1.7)
@@ -113,13 +113,13 @@ def test_upfirdn2d_ref_matches_scipy(up, down, taps, padding):
     taps_ = RNG.uniform(0.1, 1, taps)
     f = torch.tensor(taps_)                      # float64 taps, used as given
     x = torch.tensor(RNG.normal(size=(1, 1, 10, 7)))
-    g = ops._resolve_upfirdn(x, f, up, down, padding)
+    g = ops_reference.resolve_upfirdn2d(x, f, up, down, padding)
     y = ops.upfirdn2d(x, f, up=up, down=down, padding=padding)
     np.testing.assert_allclose(y[0, 0].numpy(), upfirdn_scipy(x[0, 0].numpy(), taps_, g.up, g.down, g.pad), rtol=1e-10, atol=1e-12)
 
 
 def test_upfirdn2d_anisotropic_factors():
-    f = ops.setup_filter([1, 2, 3, 4, 2])
+    f = ops_reference.setup_filter([1, 2, 3, 4, 2])
     x = torch.tensor(RNG.normal(size=(1, 2, 6, 8)))
     y = ops.upfirdn2d(x, f.double(), up=(2, 1), down=(1, 3), padding=(1, 2, 3, 0))
     want = upfirdn2d_scatter(x[0, 1].numpy(), as2d(f), (2, 1), (1, 3), (1, 2, 3, 0))
@@ -128,7 +128,7 @@ def test_upfirdn2d_anisotropic_factors():
 
 def test_helpers_keep_size_and_dc():
     for taps in ([1, 3, 3, 1], list(scipy.signal.firwin(12, 0.5))):
-        f = ops.setup_filter(taps)
+        f = ops_reference.setup_filter(taps)
         x = torch.ones(1, 2, 16, 16)
         k = len(taps)
         up, dn, same = ops.upsample2d(x, f), ops.downsample2d(x, f), ops.filter2d(x, f)
@@ -142,7 +142,7 @@ def test_helpers_keep_size_and_dc():
 
 def test_upsample_then_downsample_is_centred():
     "A smooth ramp upsampled then downsampled with a symmetric filter comes back in place (no shift)."
-    f = ops.setup_filter(scipy.signal.firwin(12, 0.5))
+    f = ops_reference.setup_filter(scipy.signal.firwin(12, 0.5))
     ramp = torch.linspace(-1, 1, 32, dtype=torch.float64)
     x = (ramp[None, :] + 0 * ramp[:, None])[None, None]
     y = ops.downsample2d(ops.upsample2d(x, f.double()), f.double())
@@ -150,15 +150,15 @@ def test_upsample_then_downsample_is_centred():
 
 
 def test_setup_filter():
-    f = ops.setup_filter([1, 2, 1])
+    f = ops_reference.setup_filter([1, 2, 1])
     assert f.dtype == torch.float32 and f.shape == (3,) and abs(float(f.sum()) - 1) < 1e-6
-    f2 = ops.setup_filter([1, 2, 1], separable=False, gain=4)
+    f2 = ops_reference.setup_filter([1, 2, 1], separable=False, gain=4)
     assert f2.shape == (3, 3) and abs(float(f2.sum()) - 4) < 1e-5
-    assert abs(float(ops.setup_filter([1, 2, 1], gain=4).sum()) - 2) < 1e-6       # sqrt(gain) per axis
-    assert torch.equal(ops.setup_filter([1, 2, 3], flip_filter=True, normalize=False), torch.tensor([3., 2, 1]))
-    assert ops.setup_filter(None).shape == (1,)
+    assert abs(float(ops_reference.setup_filter([1, 2, 1], gain=4).sum()) - 2) < 1e-6       # sqrt(gain) per axis
+    assert torch.equal(ops_reference.setup_filter([1, 2, 3], flip_filter=True, normalize=False), torch.tensor([3., 2, 1]))
+    assert ops_reference.setup_filter(None).shape == (1,)
     with pytest.raises(ValueError, match='sum to 0'):
-        ops.setup_filter([1, -1])
+        ops_reference.setup_filter([1, -1])
 
 
 # --- bias_act ----------------------------------------------------------------------------------------------
@@ -173,12 +173,12 @@ def act_np(name, v, alpha):
     }[name]
 
 
-@pytest.mark.parametrize('act', list(ops.ACTIVATIONS))
+@pytest.mark.parametrize('act', list(ops_reference.ACTIVATIONS))
 @pytest.mark.parametrize('dim', [1, 2, -1])
 def test_bias_act_ref_matches_formula(act, dim):
     x = torch.tensor(RNG.normal(size=(3, 4, 5)) * 3)
     b = torch.tensor(RNG.normal(size=x.shape[dim]))
-    spec = ops.ACTIVATIONS[act]
+    spec = ops_reference.ACTIVATIONS[act]
     alpha, gain = spec.default_alpha, spec.default_gain
     shape = [1, 1, 1]
     shape[dim] = -1
@@ -191,7 +191,7 @@ def test_bias_act_ref_matches_formula(act, dim):
 
 
 def test_bias_act_defaults():
-    assert ops.ACTIVATIONS['lrelu'].default_gain == math.sqrt(2) and ops.ACTIVATIONS['tanh'].default_gain == 1
+    assert ops_reference.ACTIVATIONS['lrelu'].default_gain == math.sqrt(2) and ops_reference.ACTIVATIONS['tanh'].default_gain == 1
     x = torch.tensor([-2.0, 3.0])
     torch.testing.assert_close(ops.bias_act(x, dim=0, act='lrelu'), torch.tensor([-0.4, 3.0]) * math.sqrt(2))
     torch.testing.assert_close(ops.bias_act(x, dim=0), x)
@@ -222,7 +222,7 @@ def test_filtered_lrelu_ref_matches_definition(up, down, ku, kd, padding, separa
         one = np.ones((1, 1))
         for n in range(2):
             want = filtered_lrelu_np(x[n].numpy(), one if fu is None else as2d(fu), one if fd is None else as2d(fd),
-                                     b.numpy(), up, down, ops.parse_padding(padding), gain, slope, clamp)
+                                     b.numpy(), up, down, ops_reference.parse_padding(padding), gain, slope, clamp)
             np.testing.assert_allclose(y[n].numpy(), want, rtol=1e-9, atol=1e-10)
 
 
@@ -241,7 +241,7 @@ def away_from_kinks(shape, lo=0.2):
     return torch.tensor(np.sign(v) * (np.abs(v) + lo))
 
 
-@pytest.mark.parametrize('act', list(ops.ACTIVATIONS))
+@pytest.mark.parametrize('act', list(ops_reference.ACTIVATIONS))
 def test_bias_act_gradcheck(act):
     x = away_from_kinks((2, 3, 4)).requires_grad_()
     b = (torch.tensor(RNG.uniform(-0.05, 0.05, 3))).requires_grad_()
@@ -255,7 +255,7 @@ def test_bias_act_gradcheck(act):
                                                    (4, 2, 8, (4, 3, 5, 2)), (2, 2, 3, (-1, 2, 1, 0))])
 @pytest.mark.parametrize('separable', [True, False])
 def test_upfirdn2d_gradcheck(up, down, taps, padding, separable):
-    f = ops.setup_filter(RNG.uniform(0.1, 1, taps), separable=separable).double()
+    f = ops_reference.setup_filter(RNG.uniform(0.1, 1, taps), separable=separable).double()
     x = torch.tensor(RNG.normal(size=(1, 2, 5, 6)), requires_grad=True)
     fn = lambda x: ops.upfirdn2d(x, f, up=up, down=down, padding=padding, gain=1.3)
     assert torch.autograd.gradcheck(fn, (x,))

@@ -21,7 +21,7 @@ import pytest
 import scipy.signal
 import torch
 
-from sgxl import ops, ops_build
+from sgxl import ops, ops_build, ops_reference
 
 RNG = np.random.default_rng(1)
 HAS_CUDA = torch.cuda.is_available()
@@ -36,7 +36,7 @@ def cpu_build():
 
 
 def lowpass(taps, cutoff=0.25):
-    return ops.setup_filter(scipy.signal.firwin(taps, min(cutoff * 2, 0.9), fs=2))
+    return ops_reference.setup_filter(scipy.signal.firwin(taps, min(cutoff * 2, 0.9), fs=2))
 
 
 def t64(a):
@@ -64,7 +64,7 @@ def values_and_grads(fn, inputs, impl, seed=0):
 
 
 # --- bias_act --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize('act', list(ops.ACTIVATIONS))
+@pytest.mark.parametrize('act', list(ops_reference.ACTIVATIONS))
 @pytest.mark.parametrize('dtype,rtol', [(torch.float64, 1e-12), (torch.float32, 2e-6)])
 def test_bias_act_fused_matches_reference(act, dtype, rtol):
     x = torch.tensor(RNG.normal(size=(3, 5, 4, 6)) * 2, dtype=dtype)
@@ -109,7 +109,7 @@ UPFIRDN_CASES = [  # (up, down, taps, padding): StyleGAN3-T's resampling and odd
 @pytest.mark.parametrize('up,down,taps,padding', UPFIRDN_CASES)
 @pytest.mark.parametrize('separable', [True, False])
 def test_upfirdn2d_fused_matches_reference(up, down, taps, padding, separable):
-    f = ops.setup_filter(RNG.uniform(0.1, 1, taps), separable=separable)
+    f = ops_reference.setup_filter(RNG.uniform(0.1, 1, taps), separable=separable)
     x = t64(RNG.normal(size=(2, 3, 9, 11)))
     for flip in (False, True):
         fn = lambda impl, x: ops.upfirdn2d(x, f, up=up, down=down, padding=padding, flip_filter=flip, gain=1.3, impl=impl)
@@ -121,7 +121,7 @@ def test_upfirdn2d_fused_matches_reference(up, down, taps, padding, separable):
 
 @pytest.mark.parametrize('up,down,padding', [(2, 1, (2, 1, 2, 1)), (1, 2, (1, 2, 0, 3)), (4, 2, (4, 3, 5, 2))])
 def test_upfirdn2d_fused_gradgradcheck(up, down, padding):
-    f = ops.setup_filter(RNG.uniform(0.1, 1, 5))
+    f = ops_reference.setup_filter(RNG.uniform(0.1, 1, 5))
     x = t64(RNG.normal(size=(1, 2, 5, 6))).requires_grad_()
     fn = lambda x: ops.upfirdn2d(x, f, up=up, down=down, padding=padding, gain=1.3, impl='cpu')
     assert torch.autograd.gradcheck(fn, (x,))
@@ -194,7 +194,7 @@ def test_filtered_lrelu_fused_at_kinks_and_clamp(dtype, tile):
     x = torch.tensor(vals * 4, dtype=dtype)[:30].reshape(1, 1, 5, 6)
     x = torch.cat([x, -x.flip(-1)], 1)                                               # [1, 2, 5, 6]
     b = torch.zeros(2, dtype=dtype)
-    for fu, fd, up, down, pad in [(None, None, 1, 1, 0), (ops.setup_filter([1, 1]), ops.setup_filter([1, 1]), 2, 2, 1)]:
+    for fu, fd, up, down, pad in [(None, None, 1, 1, 0), (ops_reference.setup_filter([1, 1]), ops_reference.setup_filter([1, 1]), 2, 2, 1)]:
         fn = flrelu_fn(up, down, fu, fd, pad, clamp, gain=gain, slope=slope, tile=tile)
         for r, c in zip(values_and_grads(fn, [x, b], 'ref'), values_and_grads(fn, [x, b], 'cpu')):
             assert torch.equal(r, c), (fu is None, r - c)
@@ -234,7 +234,7 @@ def test_filtered_lrelu_codes(tile):
     y, codes = ops._filtered_lrelu_op(x, b, ta, tb, *plan.args(), slope, gain, clamp, tile)
     (hu, wu), (ho, wo) = plan.sizes(11, 10, ta, tb)
     assert codes.dtype == torch.int32 and codes.numel() == 6 * math.ceil(hu * wu / 16)   # 2 bits per sample
-    u = ops._upfirdn2d_ref(x + b[:, None, None], fu, ops.Geometry((up, up), (1, 1), pad), False, up * up)
+    u = ops_reference.upfirdn2d_ref(x + b[:, None, None], fu, ops_reference.Geometry((up, up), (1, 1), pad), False, up * up)
     v = torch.nn.functional.leaky_relu(u, slope) * gain
     want = np.where(v.abs().numpy() > clamp, 2, np.where(u.numpy() > 0, 0, 1)).reshape(6, hu, wu)
     used_h, used_w = (ho - 1) * down + 12, (wo - 1) * down + 12                             # samples some output reads
@@ -261,7 +261,7 @@ def test_ops_registered_with_torch_library():
 
 
 def test_torch_compile_traces_the_fused_ops():
-    fu, fd = ops.setup_filter([1, 3, 5, 3, 1, 0.5]), ops.setup_filter([1, 2, 4, 2, 1, 1])
+    fu, fd = ops_reference.setup_filter([1, 3, 5, 3, 1, 0.5]), ops_reference.setup_filter([1, 2, 4, 2, 1, 1])
 
     def layer(x, b, impl):
         y = ops.bias_act(x, b, act='lrelu', impl=impl)
@@ -281,7 +281,7 @@ def test_torch_compile_traces_the_fused_ops():
 def test_impl_selection(monkeypatch):
     calls = []
     monkeypatch.setattr(ops, '_ext', lambda t: calls.append(t) or ops_build.require_ops('cpu'))
-    x, f = torch.randn(1, 2, 8, 8), ops.setup_filter([1, 2, 1])
+    x, f = torch.randn(1, 2, 8, 8), ops_reference.setup_filter([1, 2, 1])
     ops.upfirdn2d(x, f[:, None] * f, impl='auto')          # CPU tensor, 2-D filter: 'auto' is the reference
     ops.filtered_lrelu(x, f, f, up=2, down=2, padding=1, impl='ref')
     assert not calls
@@ -319,7 +319,7 @@ def test_layouts_give_correct_results(impl):
 
 @pytest.mark.parametrize('impl', ['ref', 'cpu'])
 def test_bad_input_gets_a_clear_error(impl):
-    f = ops.setup_filter([1, 2, 1])
+    f = ops_reference.setup_filter([1, 2, 1])
     x = torch.randn(1, 2, 8, 8)
     cases = [
         (lambda: ops.upfirdn2d(x[0], f, impl=impl), r'4-D tensor \[N, C, H, W\]'),
@@ -329,8 +329,8 @@ def test_bad_input_gets_a_clear_error(impl):
         (lambda: ops.upfirdn2d(x, f, down=1.5, impl=impl), 'int or an'),
         (lambda: ops.upfirdn2d(x, f, padding=(1, 2, 3), impl=impl), 'padding must be'),
         (lambda: ops.upfirdn2d(x, torch.ones(1, 2, 3), impl=impl), 'a filter must be'),
-        (lambda: ops.upfirdn2d(x, ops.setup_filter(np.ones(20)), impl=impl), 'filter is larger'),
-        (lambda: ops.filtered_lrelu(x, f, ops.setup_filter(np.ones(30)), up=2, impl=impl), 'larger than'),
+        (lambda: ops.upfirdn2d(x, ops_reference.setup_filter(np.ones(20)), impl=impl), 'filter is larger'),
+        (lambda: ops.filtered_lrelu(x, f, ops_reference.setup_filter(np.ones(30)), up=2, impl=impl), 'larger than'),
         (lambda: ops.filtered_lrelu(x, f, f, up=(2, 1), impl=impl), 'same factor on both axes'),
         (lambda: ops.filtered_lrelu(x, f, f, down=0, impl=impl), 'integers >= 1'),
         (lambda: ops.filtered_lrelu(x, f, f, b=torch.zeros(3), impl=impl), '1-D tensor of 2 values'),
@@ -497,7 +497,7 @@ def test_cuda_codes_match_cpu_codes():
 
 
 @cuda_only
-@pytest.mark.parametrize('act', list(ops.ACTIVATIONS))
+@pytest.mark.parametrize('act', list(ops_reference.ACTIVATIONS))
 def test_bias_act_cuda_matches_reference(act):
     x, b = t64(RNG.normal(size=(4, 8, 5, 6)) * 2).cuda(), t64(RNG.normal(size=8)).cuda()
     fn = lambda impl, x, b: ops.bias_act(x, b, act=act, clamp=1.7, impl=impl)
@@ -512,7 +512,7 @@ def test_bias_act_cuda_matches_reference(act):
 @cuda_only
 @pytest.mark.parametrize('up,down,taps,padding', UPFIRDN_CASES)
 def test_upfirdn2d_cuda_matches_reference(up, down, taps, padding):
-    f = ops.setup_filter(RNG.uniform(0.1, 1, taps)).cuda()
+    f = ops_reference.setup_filter(RNG.uniform(0.1, 1, taps)).cuda()
     x = t64(RNG.normal(size=(2, 3, 19, 21))).cuda()
     fn = lambda impl, x: ops.upfirdn2d(x, f, up=up, down=down, padding=padding, gain=1.3, impl=impl)
     want = values_and_grads(fn, [x], 'ref')

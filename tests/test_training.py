@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from sgxl.core import RUNGS, make_config
+from sgxl.baseline import RungA
+from sgxl.core import RUNGS, make_config, seed_everything
 from sgxl.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, load_generator
-from sgxl.training import StatsLog, Trainer, train_main
+from sgxl.training import StatsLog, Trainer, train_main, training_rung
 
 TINY = ['--preset', 'tiny', '--data', 'shapes:num_images=40', '--batch', '4', '--quiet']
 
@@ -199,3 +200,65 @@ def test_batch_per_stage_and_resume_into_a_stage_with_its_own_batch(tmp_path):
     assert r2.rung.stage == 1 and r2.loader.batch == 4 and r2.rung.cfg.batch == 4
     r2.run(max_steps=1)
     assert r2.rung.nimg == 20 and json.loads((t.run_dir / 'config.json').read_text())['stage_batch'] == [8]
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    import os
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    seed_everything(0)                                     # same weights and latent stream on every rank
+    rung = training_rung(RungA)(make_config('A', 'tiny', c_dim=2, batch=4, r1_interval=2), 'cpu', rank=rank, world=world)
+    g = torch.Generator().manual_seed(10 + rank)           # different reals per rank
+    reals, labels = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.tensor([0, 1])
+    stats = [rung.step(reals, labels, i) for i in range(3)]  # R1 at steps 0 and 2
+    flat = torch.cat([t.detach().flatten().float() for m in (rung.G, rung.D, rung.G_ema)
+                      for t in [*m.parameters(), *m.buffers()]])
+    torch.save({'params': flat, 'stats': stats, 'nimg': rung.nimg}, f'{out_dir}/rank{rank}.pt')
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_stay_in_sync(tmp_path):
+    "RungA with DistributedStep across 2 gloo CPU processes: weights, buffers and the EMA stay identical on both ranks."
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in (0, 1))
+    assert torch.equal(r0['params'], r1['params']) and r0['nimg'] == r1['nimg'] == 3 * 2 * 2   # all ranks' images
+    assert r0['stats'] != r1['stats'] and 'reg/r1' in r0['stats'][2]      # the ranks saw different data
+
+def test_rung_a_stays_plain_and_the_mixin_changes_only_how_a_step_is_computed():
+    "RungA (04) has no training-loop machinery after sgxl.training is imported; one process, one chunk: same bits."
+    import inspect
+    from sgxl.baseline import RungA
+    assert not any(hasattr(RungA, a) for a in ('autocast', 'scaler', 'accumulate', 'scalers'))
+    assert not {'rank', 'world', 'batch_gpu'} & (set(inspect.signature(RungA).parameters)
+                                                   | set(inspect.signature(RungA.step).parameters))
+    cfg = make_config('A', 'tiny', c_dim=2, batch=4, r1_interval=2, style_mixing=0.9)
+    g = torch.Generator().manual_seed(4)
+    reals, labels = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1, torch.tensor([0, 1, 1, 0])
+    runs = []
+    for cls in (RungA, training_rung(RungA)):
+        seed_everything(0)
+        r = cls(cfg, 'cpu')
+        stats = [r.step(reals, labels, i) for i in range(3)]
+        runs.append((stats, r.state_dict()))
+    (s_plain, sd_plain), (s_dist, sd_dist) = runs
+    assert s_plain == s_dist and 'reg/r1' in s_plain[0]
+    assert list(sd_dist) == ['G', 'G_ema', 'D', 'opt_G', 'opt_D', 'nimg', 'scalers', 'extra']   # the checkpoints' keys
+    assert set(sd_plain) == set(sd_dist) - {'scalers'}
+    for net in ('G', 'G_ema', 'D'):
+        assert all(torch.equal(v, sd_dist[net][k]) for k, v in sd_plain[net].items()), net
+    resumed = training_rung(RungA)(cfg, 'cpu')
+    resumed.load_state_dict(sd_plain)                                      # a plain rung's state loads too
+    assert resumed.nimg == 12
+
+
+def test_every_rung_class_of_sgxl_train_is_the_rung_with_the_mixin():
+    from sgxl.training import RUNG_CLASSES, DistributedStep, rung_class
+    for name, plain in RUNG_CLASSES.items():
+        cls = rung_class(make_config(name, 'tiny'))
+        assert cls.__mro__[:2] == (cls, DistributedStep) and cls.__mro__[2] is plain, name
