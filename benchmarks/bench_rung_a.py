@@ -16,7 +16,7 @@ import torch
 from sgxl.baseline import RungA
 from sgxl.core import make_config, seed_everything
 from sgxl.stylegan3 import count_parameters
-from sgxl.training import training_rung
+from sgxl.distributed import training_rung
 
 ROWS = {
     'tiny': lambda: make_config('A', 'tiny', c_dim=4),

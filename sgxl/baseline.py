@@ -190,7 +190,7 @@ def optimizer_params(opt: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
 
 @dataclass
 class Chunk:
-    "The batch one forward/backward pass sees: the whole batch here; a slice of it in `17_training`."
+    "The batch one forward/backward pass sees: the whole batch here; a slice of it in `17_distributed`."
     real: torch.Tensor                      # (n, C, R, R) in [-1, 1]
     c: torch.Tensor | None                  # labels (n,) or None
     z: torch.Tensor                         # (n, z_dim) latents of the G phase
@@ -383,7 +383,7 @@ def end_step(self: RungA, n: int) -> float:
 @patch
 def sum_over_ranks(self: RungA, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Hook: per-step sums of statistics (G's EMAs, rung B's path lengths) summed over every process of the run.
-    One process holds them all; `17_training`'s `DistributedStep` all-reduces them."""
+    One process holds them all; `17_distributed`'s `DistributedStep` all-reduces them."""
     return tensors
 
 # %% ../nbs/04_config_a.ipynb #a8b6c0e2
@@ -397,7 +397,7 @@ def state_dict(self: RungA) -> dict:
 @patch
 def load_state_dict(self: RungA, state: dict):
     """Restore what `state_dict` returned (the extra state first: it may rebuild networks, e.g. a later stage).
-    Entries the training loop adds (`17_training`: fp16 gradient scalers) are its own to restore."""
+    Entries `DistributedStep` adds (`17_distributed`: fp16 gradient scalers) are its own to restore."""
     missing = {'G', 'G_ema', 'D', 'opt_G', 'opt_D', 'nimg'} - set(state)
     check(not missing, f"checkpoint state lacks {sorted(missing)}: was it written by a rung's state_dict()?")
     self.load_extra_state(state.get('extra', {}))

@@ -5,9 +5,7 @@
 # %% ../nbs/17_training.ipynb #887eab85
 from __future__ import annotations
 
-import datetime
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -18,15 +16,13 @@ import torch.distributed as dist
 
 from .checkpoint import (CheckpointError, CheckpointManager, latest_checkpoint, list_checkpoints, load_checkpoint,
                              resolve_checkpoint)
-from .core import atomic_write, check, get_device
+from .core import atomic_write, check
 
 # %% auto #0
-__all__ = ['DIST_TIMEOUT_MIN', 'RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_METRICS', 'DEMO_TARGETS', 'rng_state',
-           'set_rng_state', 'StatsLog', 'init_distributed', 'make_chunks', 'average_buffers', 'all_reduce_grads',
-           'DistributedStep', 'training_rung', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key',
-           'check_before_training', 'Trainer', 'check_resume_changes', 'MetricError', 'train_parser', 'parse_set',
-           'is_demo', 'parse_metrics', 'config_from_args', 'resume_changes_from_args', 'demo_scores', 'demo_report',
-           'train_main']
+__all__ = ['RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_METRICS', 'DEMO_TARGETS', 'rng_state', 'set_rng_state',
+           'StatsLog', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key', 'check_before_training',
+           'Trainer', 'check_resume_changes', 'MetricError', 'train_parser', 'parse_set', 'is_demo', 'parse_metrics',
+           'config_from_args', 'resume_changes_from_args', 'demo_scores', 'demo_report', 'train_main']
 
 # %% ../nbs/17_training.ipynb #7e30490a
 def rng_state() -> dict:
@@ -81,146 +77,9 @@ class StatsLog:
         "Flush and close the TensorBoard writer."
         if self.tb is not None: self.tb.close()
 
-# %% ../nbs/17_training.ipynb #d1f256df
-# A collective waits this long for the slowest rank before it fails: longer than the longest pause of one rank,
-# which is rank 0 reading 50k real images for fid50k's statistics the first time (minutes on a GPU; torch's
-# default is 10 minutes for NCCL). SGXL_DIST_TIMEOUT_MIN sets another value.
-DIST_TIMEOUT_MIN = 120
-
-def init_distributed(device: str | None = None) -> tuple[int, int, torch.device]:
-    "Join the torchrun process group if there is one; returns (rank, world_size, device)."
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world == 1: return 0, 1, get_device(device)
-    rank, local = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
-    use_cuda = torch.cuda.is_available() and (device is None or str(device) in ('auto', 'cuda'))
-    if use_cuda: torch.cuda.set_device(local)
-    timeout = datetime.timedelta(minutes=float(os.environ.get('SGXL_DIST_TIMEOUT_MIN', DIST_TIMEOUT_MIN)))
-    if not dist.is_initialized(): dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=timeout)
-    return rank, world, torch.device(f'cuda:{local}' if use_cuda else 'cpu')
-
-# %% ../nbs/17_training.ipynb #c8f2d4b1
-import contextlib
-import functools
-
-from .baseline import Chunk, RungA, optimizer_params
-
-def make_chunks(real, c, draws: dict, rank: int, world: int, batch_gpu: int | None) -> list[Chunk]:
-    "Split this rank's slice of the global draws and its reals (n, C, R, R) into chunks of `batch_gpu`."
-    n = len(real)
-    lo = rank * n                                                       # this rank's slice of the draws
-    size = batch_gpu or n
-    chunks = []
-    for s in range(0, n, size):
-        e = min(s + size, n)
-        sl = lambda t: None if t is None else t[lo + s:lo + e]
-        chunks.append(Chunk(real[s:e], None if c is None else c[s:e], sl(draws['z']), sl(draws['z_d']),
-                            sl(draws['mix_z']), draws['mix_cutoff'], (e - s) / n, sl(draws['c_g']),
-                            sl(draws['c_d'])))
-    return chunks
-
-@torch.no_grad()
-def average_buffers(module: torch.nn.Module, world: int):
-    "Average float buffers over processes, so every copy of a network stays identical (no-op for one process)."
-    if world == 1: return
-    for b in module.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b)
-            b.div_(world)
-
-def all_reduce_grads(params, world: int):
-    "Average the gradients of `params` over all processes with one flat all-reduce (no-op for one process)."
-    if world == 1: return
-    params = [p for p in params if p.grad is not None]
-    if not params: return
-    flat = torch.cat([p.grad.flatten() for p in params]) / world                # (total parameters,)
-    dist.all_reduce(flat)
-    for p, g in zip(params, flat.split([p.numel() for p in params])): p.grad.copy_(g.view_as(p))
-
-# %% ../nbs/17_training.ipynb #d9a3e5c2
-class DistributedStep:
-    """Mixin for any rung (`training_rung`): its step over `world` processes, in chunks of `batch_gpu` images,
-    forward passes under autocast on CUDA. The rung's hooks, losses and phases are used as they are."""
-    def __init__(self, *args,
-                 rank: int = 0,                       # this process, 0 .. world - 1
-                 world: int = 1,                      # processes training together (torchrun's WORLD_SIZE)
-                 **kwargs):                           # the rung's own arguments (cfg, device, dataset, ...)
-        self.rank, self.world = rank, world
-        super().__init__(*args, **kwargs)
-
-    def make_optimizers(self):
-        "The rung's optimisers, and no fp16 gradient scalers yet (one per phase, made on first use)."
-        super().make_optimizers()
-        self.scalers = {}
-
-    def autocast(self, phase: str):
-        "autocast for a phase: bf16/fp16 forward passes on CUDA; regularisers and CPU in float32."
-        mp = self.cfg.mixed_precision
-        if self.device.type != 'cuda' or mp == 'off' or phase.endswith('reg'): return contextlib.nullcontext()
-        if mp == 'auto' and not torch.cuda.is_bf16_supported(): return contextlib.nullcontext()
-        return torch.autocast('cuda', dtype=torch.float16 if mp == 'fp16' else torch.bfloat16)
-
-    def scaler(self, phase: str):
-        "fp16 needs a gradient scaler (one per phase); bf16 and float32 do not."
-        if self.device.type != 'cuda' or self.cfg.mixed_precision != 'fp16' or phase.endswith('reg'): return None
-        return self.scalers.setdefault(phase, torch.amp.GradScaler('cuda'))
-
-    def accumulate(self, name: str, opt, loss_fn, chunks: list[Chunk]) -> dict:
-        """One optimiser step from the chunks' weighted gradients $\\sum_k \\frac{|B_k|}{|B|}\\nabla L_{B_k}$,
-        averaged over processes."""
-        self.set_training(opt)
-        opt.zero_grad(set_to_none=True)
-        scaler, totals = self.scaler(name), {}
-        for b in chunks:
-            with self.autocast(name):
-                loss, stats = loss_fn(b)
-            weighted = loss.float() * b.weight                                    # $\frac{|B_k|}{|B|} L_{B_k}$
-            (scaler.scale(weighted) if scaler else weighted).backward()
-            for k, v in stats.items(): totals[k] = totals.get(k, 0.0) + v.detach().float() * b.weight
-        all_reduce_grads(optimizer_params(opt), self.world)                       # mean over processes
-        if scaler: scaler.step(opt); scaler.update()
-        else: opt.step()
-        return {k: float(v) for k, v in totals.items()}
-
-    def step(self, real_images: torch.Tensor, real_labels=None, step_index: int = 0,
-             batch_gpu: int | None = None) -> dict:
-        "One step on this rank's slice of the global batch: every due phase in chunks, then the EMA of G."
-        real, labels = self.check_reals(real_images, real_labels)
-        n_global = len(real) * self.world
-        chunks = make_chunks(real, labels, self.draw(n_global), self.rank, self.world, batch_gpu or self.cfg.batch_gpu)
-        stats = {}
-        try:
-            for name, opt, loss_fn in self.phases(step_index): stats.update(self.accumulate(name, opt, loss_fn, chunks))
-        finally:
-            self.set_training(None)
-        average_buffers(self.D, self.world)                                       # (e.g. batch-norm statistics)
-        return {**stats, 'ema_beta': self.end_step(n_global)}
-
-    def sum_over_ranks(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        "Sum a list of tensors over processes (one all-reduce); unchanged for one process."
-        if self.world == 1: return tensors
-        flat = torch.cat([t.flatten() for t in tensors])                          # (total elements,)
-        dist.all_reduce(flat)
-        return [f.view_as(t) for f, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
-
-    def state_dict(self) -> dict:
-        "The rung's state with the fp16 gradient scalers' (`scalers`, before the rung's `extra`)."
-        state = super().state_dict()
-        extra = state.pop('extra')
-        return {**state, 'scalers': {k: s.state_dict() for k, s in self.scalers.items()}, 'extra': extra}
-
-    def load_state_dict(self, state: dict):
-        "Restore the rung's state, then the scalers of the phases that use one on this device."
-        super().load_state_dict(state)
-        for k, s in state.get('scalers', {}).items():
-            if (scaler := self.scaler(k)) is not None: scaler.load_state_dict(s)
-
-@functools.cache
-def training_rung(rung: type) -> type:
-    "The class `sgxl train` builds for a rung class: `DistributedStep` in front of it (RungA -> DistributedRungA)."
-    return type(f'Distributed{rung.__name__}', (DistributedStep, rung),
-                {'__doc__': f'{rung.__name__} trained by `sgxl train`: {DistributedStep.__doc__}', '__module__': __name__})
-
 # %% ../nbs/17_training.ipynb #5b9ff812
+from .baseline import RungA
+from .distributed import init_distributed, training_rung
 from .embeddings import RungC
 from .growing import RungD
 from .guidance import RungF

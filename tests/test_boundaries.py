@@ -213,7 +213,7 @@ from sgxl.core import make_config, seed_everything
 from sgxl.data import load
 from sgxl.evaluate import compute_metrics
 from sgxl.stylegan3 import Generator
-from sgxl.training import init_distributed
+from sgxl.distributed import init_distributed
 
 rank, world, _ = init_distributed('cpu')
 seed_everything(0)

@@ -15,7 +15,8 @@ import torch
 from sgxl.baseline import RungA
 from sgxl.core import RUNGS, make_config, seed_everything
 from sgxl.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, load_generator
-from sgxl.training import StatsLog, Trainer, train_main, training_rung
+from sgxl.distributed import training_rung
+from sgxl.training import StatsLog, Trainer, train_main
 
 TINY = ['--preset', 'tiny', '--data', 'shapes:num_images=40', '--batch', '4', '--quiet']
 
@@ -258,7 +259,8 @@ def test_rung_a_stays_plain_and_the_mixin_changes_only_how_a_step_is_computed():
 
 
 def test_every_rung_class_of_sgxl_train_is_the_rung_with_the_mixin():
-    from sgxl.training import RUNG_CLASSES, DistributedStep, rung_class
+    from sgxl.distributed import DistributedStep
+    from sgxl.training import RUNG_CLASSES, rung_class
     for name, plain in RUNG_CLASSES.items():
         cls = rung_class(make_config(name, 'tiny'))
         assert cls.__mro__[:2] == (cls, DistributedStep) and cls.__mro__[2] is plain, name
