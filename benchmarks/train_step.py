@@ -14,9 +14,8 @@ peak on CUDA. Prints one table.
 --compare times every tiny rung twice in the same run, rung by rung, each side in a fresh process: "before" is
 the tiny preset of the sgxl at git revision --before (code and preset as they were then; default: this
 checkout; unpacked once under sgxl's cache, bench/), "after" is this checkout's tiny preset with the --set
-changes. It prints both columns with the
-speed-up, in wall-clock and in process CPU time per kimg (timings on a shared machine are only comparable side
-by side, and CPU time is the more robust of the two under load). The per-kimg cost includes the lazy
+changes. It prints both columns with the speed-up, in wall-clock and in process CPU time per kimg (timings on a
+shared machine are only comparable side by side, and CPU time is the more robust of the two under load). The per-kimg cost includes the lazy
 regularisers, amortised: one extra step with R1 due (every r1_interval D steps) or with path length due (every
 pl_interval G steps, after pl_start_kimg) is timed and its extra cost divided by its interval.
 --profile N prints, per rung and side, the N sgxl/timm functions with the most cumulative CPU time over the
