@@ -211,6 +211,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'sgxl.data.check_header': ('data.html#check_header', 'sgxl/data.py'),
                            'sgxl.data.decode_image': ('data.html#decode_image', 'sgxl/data.py'),
                            'sgxl.data.downsample': ('data.html#downsample', 'sgxl/data.py'),
+                           'sgxl.data.easy_params': ('data.html#easy_params', 'sgxl/data.py'),
                            'sgxl.data.epoch_permutation': ('data.html#epoch_permutation', 'sgxl/data.py'),
                            'sgxl.data.hsv_to_rgb': ('data.html#hsv_to_rgb', 'sgxl/data.py'),
                            'sgxl.data.image_header': ('data.html#image_header', 'sgxl/data.py'),
