@@ -13,9 +13,9 @@ peak on CUDA. Prints one table.
 
 --compare times every tiny rung twice in the same run, rung by rung, each side in a fresh process: "before" is
 the tiny preset of the sgxl at git revision --before (code and preset as they were then; default: this
-checkout), "after" is this checkout's tiny preset with the --set changes. It prints both columns with the
-speed-up, in wall-clock and in process CPU time per kimg (timings on a shared machine are only comparable side
-by side, and CPU time is the more robust of the two under load). The per-kimg cost includes the lazy
+checkout; unpacked once under sgxl's cache, bench/), "after" is this checkout's tiny preset with the --set
+changes. It prints both columns with the speed-up, in wall-clock and in process CPU time per kimg (timings on a
+shared machine are only comparable side by side, and CPU time is the more robust of the two under load). The per-kimg cost includes the lazy
 regularisers, amortised: one extra step with R1 due (every r1_interval D steps) or with path length due (every
 pl_interval G steps, after pl_start_kimg) is timed and its extra cost divided by its interval.
 --profile N prints, per rung and side, the N sgxl/timm functions with the most cumulative CPU time over the
@@ -116,14 +116,21 @@ def time_rung(cfg, device, steps, warmup=1, profile=0, lazy_regs=False):
 
 
 def checkout_of(rev: str) -> Path:
-    "This repository's `sgxl` package at git revision `rev`, unpacked into a temporary folder (for --before)."
+    """This repository's `sgxl` package at git revision `rev`, unpacked once into sgxl's cache (for --before; a
+    fixed folder per commit, so its compiled ops are reused by the next run)."""
     root = Path(__file__).resolve().parents[1]
-    tmp = Path(tempfile.mkdtemp(prefix=f'sgxl-{rev[:12]}-'))
-    archive = subprocess.run(['git', '-C', str(root), 'archive', '--format=tar', rev, 'sgxl'], capture_output=True)
-    if archive.returncode:
-        sys.exit(f'--before {rev}: git archive failed ({archive.stderr.decode().strip()}); give a commit of this repository')
+    sha = subprocess.run(['git', '-C', str(root), 'rev-parse', '--verify', f'{rev}^{{commit}}'], capture_output=True, text=True)
+    if sha.returncode: sys.exit(f'--before {rev}: not a commit of this repository ({sha.stderr.strip()})')
+    from sgxl.core import cache_home
+    folder = cache_home('bench', sha.stdout.strip()[:16])
+    if (folder / 'sgxl' / '__init__.py').is_file(): return folder
+    archive = subprocess.run(['git', '-C', str(root), 'archive', '--format=tar', sha.stdout.strip(), 'sgxl'], capture_output=True)
+    if archive.returncode: sys.exit(f'--before {rev}: git archive failed ({archive.stderr.decode().strip()})')
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix='.unpack-', dir=folder.parent))     # unpacked beside it, then renamed
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar: tar.extractall(tmp, filter='data')
-    return tmp
+    if not folder.exists(): tmp.replace(folder)                            # (else another run got there first)
+    return folder
 
 
 def run_side(args, rung: str, sgxl_root: Path, changes: dict) -> dict:
