@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgxl.core import make_config
-from sgxl.metrics import compute_metrics
+from sgxl.evaluate import compute_metrics
 
 METRICS = ('dfd500', 'dacc500')
 
@@ -121,6 +121,7 @@ def main():
     p.add_argument('--cfg', default='F', help='rung of the sgxl path (default F, the demo\'s)')
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='config changes of the tiny preset')
     p.add_argument('--plain', action='store_true', help='the plain conditional GAN instead of an sgxl rung')
+    p.add_argument('--data', default='shapes', help="dataset, e.g. 'shapes:easy=1' (sgxl path: --set data=... wins)")
     p.add_argument('--batch', type=int, default=32, help='batch of the plain GAN (sgxl: --set batch=N)')
     p.add_argument('--budget', type=float, default=240, help='training CPU seconds (process time, metrics excluded)')
     p.add_argument('--every', type=float, default=40, help='CPU seconds between scores')
@@ -132,10 +133,11 @@ def main():
     from sgxl.data import load
     from sgxl.training import parse_set
     if args.plain:
-        dataset = load('shapes', resolution=32)
+        dataset = load(args.data, resolution=32)
         run, name = PlainGAN(dataset, args.batch), f'plain conditional GAN, batch {args.batch}'
     else:
-        cfg = make_config(args.cfg, 'tiny', **{'metrics': (), 'snap_kimg': 1e6, 'kimg': 1e6, **parse_set(args.set)})
+        cfg = make_config(args.cfg, 'tiny', **{'metrics': (), 'snap_kimg': 1e6, 'kimg': 1e6, 'data': args.data,
+                                                  **parse_set(args.set)})
         run, name = SgxlRun(cfg, args.outdir), f'rung {args.cfg} tiny with {parse_set(args.set)}'
     data = lambda: run.trainer.dataset if not args.plain else dataset
     first = score(run, data())

@@ -35,8 +35,8 @@ __all__ = ['RUNG_ADDS', 'WEIGHT_FILES', 'TIME_FILE', 'EVAL_FILE', 'RESULT_SUFFIX
            'Ablation', 'checkpoint_meta', 'find_run', 'check_same_config', 'is_finished', 'record_session',
            'step_seconds', 'train_rung', 'Resized', 'results_of', 'evaluate_checkpoint', 'evaluate_run', 'metric_label',
            'rung_row', 'group_reasons', 'markdown_table', 'write_tables', 'plot_curves', 'rung_samples', 'plot_samples',
-           'AblationInterrupted', 'check_training_metrics', 'collect', 'run_ablation', 'ablate_parser',
-           'ablation_from_args', 'ablate_main']
+           'AblationInterrupted', 'check_training_metrics', 'collect', 'run_ablation', 'check_same_settings',
+           'seed_table', 'plot_seed_curves', 'ablate_parser', 'ablation_from_args', 'ablate_main']
 
 # %% ../nbs/20_ablation.ipynb #29169630
 RUNG_ADDS = {   # what each row of the table adds to the row above (the paper's wording, shortened)
@@ -411,6 +411,50 @@ def run_ablation(ab: Ablation, progress: bool = True, log: Callable = print) -> 
     samples = rung_samples(runs, dataset.resolution, seed=ab.seed, device=get_device(ab.device))
     plot_samples(samples, list(runs), ab.outdir / 'samples.png')
     return results
+
+# %% ../nbs/20_ablation.ipynb #5eed0a02
+def check_same_settings(results: Sequence[dict]):
+    "Ablation results (results.json of `run_ablation`) must differ by their seed only: same rungs, data, budget, metrics."
+    key = lambda r: ({k: v for k, v in r['settings'].items() if k != 'seed'}, r['metrics'])
+    for r in results[1:]:
+        check(key(r) == key(results[0]), f"the ablations differ in more than the seed: {key(results[0])} vs {key(r)}")
+    seeds = [r['settings']['seed'] for r in results]
+    check(len(set(seeds)) == len(seeds), f'two ablations share a seed: {seeds}; give each its own --seed')
+
+def seed_table(results: Sequence[dict]) -> str:
+    "Markdown: one row per rung, each metric (and sec/kimg) as the mean over seeds with (min..max)."
+    check_same_settings(results)
+    keys, names = results[0]['metric_keys'], results[0]['metrics']
+    header = [metric_label(k, names) for k in keys] + ['sec/kimg']
+    lines = ['| rung | adds | ' + ' | '.join(header) + ' |', '|---|---|' + '---|' * len(header)]
+    for i, row0 in enumerate(results[0]['rows']):
+        cells = []
+        for k in keys + ['sec_per_kimg']:
+            vals = [r['rows'][i][k] for r in results if r['rows'][i].get(k) is not None]
+            cells.append('—' if not vals else f'{sum(vals) / len(vals):.3g} ({min(vals):.3g}..{max(vals):.3g})')
+        lines.append(f"| {row0['rung']} | {row0['adds']} | " + ' | '.join(cells) + ' |')
+    s = results[0]['settings']
+    lines += ['', f"Mean (min..max) over seeds {', '.join(str(r['settings']['seed']) for r in results)}; {s['data']}, "
+                  f"{s['preset']} preset, {s['kimg']:g} kimg per rung, batch {s['batch']}, device {s['device']}."]
+    return '\n'.join(lines) + '\n'
+
+def plot_seed_curves(results: Sequence[dict], path=None):
+    "Every metric against kimg: a colour per rung, a line style per seed. Returns the Figure."
+    from matplotlib.figure import Figure
+    keys, names = results[0]['metric_keys'], results[0]['metrics']
+    cols = min(3, len(keys)); rows = math.ceil(len(keys) / cols)
+    fig = Figure(figsize=(3.6 * cols, 2.6 * rows), layout='constrained')
+    axs = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax, key in zip(axs, keys):
+        for j, r in enumerate(results):
+            for i, (rung, pts) in enumerate(r['curves'].items()):
+                ax.plot([p['kimg'] for p in pts], [p[key] for p in pts], ['-', '--', ':', '-.'][j % 4], color=f'C{i}',
+                        marker='o', ms=3, label=f"{rung} seed {r['settings']['seed']}")
+        ax.set_title(metric_label(key, names), fontsize=9); ax.set_xlabel('kimg', fontsize=8); ax.tick_params(labelsize=7)
+    for ax in axs[len(keys):]: ax.axis('off')                                  # unused panels
+    fig.legend(*axs[0].get_legend_handles_labels(), loc='outside right upper', fontsize=7)
+    if path is not None: fig.savefig(path, dpi=90)
+    return fig
 
 # %% ../nbs/20_ablation.ipynb #8660f32b
 ABLATE_EXAMPLES = """examples:

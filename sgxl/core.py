@@ -321,9 +321,9 @@ RUNG_DIFFS: dict[str, dict[str, Any]] = {
     'F': dict(cls_weight=8.0, cls_min_resolution=32),
 }
 
-# The tiny preset: small enough that one step runs in well under a second on a laptop CPU.
+# The tiny preset: small enough that one step runs in well under a second on a laptop CPU (why each size: below).
 TINY: dict[str, Any] = dict(
-    resolution=32, w_dim=128, mapping_layers=2, num_layers=6, num_critical=2, channel_base=2048, channel_max=64,
+    resolution=32, w_dim=128, mapping_layers=2, num_layers=6, num_critical=2, channel_base=2048, channel_max=32,
     d_channel_base=1024, d_channel_max=64, stem_layers=4, head_layers=2, stage_kimg=0.5, feature_resolution=64,
     ccm_channels=(16, 32, 48, 64), head_channel_max=64, stage_batch=(), batch=8, kimg=1.0, snap_kimg=0.25, metrics=(), workers=0,
     blur_fade_kimg=0.5, pl_start_kimg=0.25)

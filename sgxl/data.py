@@ -28,7 +28,7 @@ from .core import check, is_pow2
 __all__ = ['IMAGE_EXTS', 'META_FILES', 'SCAN_LIMIT', 'DECODER', 'SHAPES_CLASSES', 'PARAM_BLOCK', 'EAGER_BYTES', 'BUILTINS',
            'is_hidden', 'FileSource', 'read_json', 'read_classes', 'read_labels', 'image_header', 'check_header',
            'ImageDataset', 'decode_image', 'downsample', 'FileDataset', 'shape_sdf', 'texture', 'hsv_to_rgb',
-           'shapes_params', 'render_shapes', 'ShapesDataset', 'parse_builtin', 'is_builtin', 'load',
+           'shapes_params', 'render_shapes', 'easy_params', 'ShapesDataset', 'parse_builtin', 'is_builtin', 'load',
            'epoch_permutation', 'InfiniteSampler', 'InfiniteLoader', 'infinite_loader', 'prepare_images']
 
 # %% ../nbs/03_data.ipynb #8a8d5c78
@@ -399,6 +399,16 @@ def render_shapes(p: dict[str, torch.Tensor], resolution: int) -> torch.Tensor:
     img = torch.lerp(bg, fg, alpha[:, None].expand_as(bg))                 # (B, 3, R, R) in [0, 1]
     return img.mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
+# %% ../nbs/03_data.ipynb #3c1e77a2
+def easy_params(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    "`shapes:easy=1`: the parameters `p` with every shape upright, near the centre, white (textures grey) on black."
+    q = {k: v.clone() for k, v in p.items()}
+    q['cx'], q['cy'] = p['cx'] / 3, p['cy'] / 3                           # centres within +-0.1 instead of +-0.3
+    q['scale'] = 0.4 + (p['scale'] - 0.3) * 0.4                           # 0.40..0.50 of the half-width
+    q['angle'][:] = 0
+    q['fg'][:], q['fg2'][:], q['bg0'][:], q['bg1'][:] = 1, 0.45, 0, 0       # white, grey stripes, black
+    return q
+
 # %% ../nbs/03_data.ipynb #16d2add8
 EAGER_BYTES = 512 * 2 ** 20     # render everything up front when the uint8 images fit in this
 
@@ -406,17 +416,19 @@ class ShapesDataset(ImageDataset):
     "The built-in procedural dataset: 10 classes of shapes and textures, deterministic from `seed`."
     # Rendered images live in `_cache` and travel with the object to DataLoader workers; past EAGER_BYTES
     # each worker renders the chunks it is asked for (same pixels: rendering is a function of the index).
-    def __init__(self, resolution: int, num_images: int = 5000, seed: int = 0, xflip: bool = False):
+    def __init__(self, resolution: int, num_images: int = 5000, seed: int = 0, xflip: bool = False, easy: int = 0):
         check(isinstance(resolution, (int, np.integer)) and is_pow2(resolution) and resolution >= 4,
               f"shapes: resolution={resolution!r}; give a power of two of at least 4, e.g. load('shapes', resolution=32)")
         check(isinstance(num_images, (int, np.integer)) and num_images >= 1,
               f"shapes: num_images={num_images!r}; give a positive integer")
         check(isinstance(seed, (int, np.integer)) and seed >= 0, f"shapes: seed={seed!r}; give a non-negative integer")
+        check(easy in (0, 1), f"shapes: easy={easy!r}; give 0 (the full dataset) or 1 (white, upright, centred)")
         self.params = shapes_params(seed, num_images)
+        if easy: self.params = easy_params(self.params)
         super().__init__(num_images, self.params['label'].numpy().astype(np.int64), xflip)
         self.resolution, self.seed, self.num_classes = int(resolution), int(seed), len(SHAPES_CLASSES)
-        self.class_names, self.root = list(SHAPES_CLASSES), None
-        self.name = f'shapes-{resolution}-seed{seed}-n{num_images}'
+        self.class_names, self.root, self.easy = list(SHAPES_CLASSES), None, int(easy)
+        self.name = f"shapes{'-easy' if easy else ''}-{resolution}-seed{seed}-n{num_images}"
         self.chunk = max(1, 2 ** 22 // resolution ** 2)
         self._cache: dict[int, torch.Tensor] = {}
         if num_images * 3 * resolution ** 2 <= EAGER_BYTES:
@@ -454,8 +466,8 @@ def load(name_or_path, resolution: int | None = None, xflip: bool = False, **kw)
     if is_builtin(name_or_path):
         name, opts = parse_builtin(name_or_path)
         check(resolution is not None, f"load({name_or_path!r}): give resolution=, a power of two (e.g. 32)")
-        unknown = set({**opts, **kw}) - {'num_images', 'seed'}
-        check(not unknown, f"load({name_or_path!r}): unknown option(s) {sorted(unknown)}; {name} takes num_images, seed")
+        unknown = set({**opts, **kw}) - {'num_images', 'seed', 'easy'}
+        check(not unknown, f"load({name_or_path!r}): unknown option(s) {sorted(unknown)}; {name} takes num_images, seed, easy")
         return BUILTINS[name](resolution, xflip=xflip, **{**opts, **kw})
     check(not kw, f"load({str(name_or_path)!r}): options {sorted(kw)} apply to built-in datasets only")
     return FileDataset(name_or_path, resolution=resolution, xflip=xflip)

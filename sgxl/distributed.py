@@ -13,7 +13,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from .baseline import Chunk, RungA, optimizer_params
+from .baseline import Chunk, optimizer_params
 from .core import get_device
 
 # %% auto #0

@@ -268,6 +268,7 @@ class FeatureNetwork(nn.Module):
             check(all(s in reductions for s in STRIDES), f"{name} has no feature maps at strides {STRIDES}")
             self.indices = tuple(reductions.index(s) for s in STRIDES)   # last block of each stride
             self.channels = tuple(info[i]['num_chs'] for i in self.indices)
+            self.backbone.to(memory_format=torch.channels_last)   # a CNN: channels-last layout (see below)
         self.requires_grad_(False).eval()
 
     @property
@@ -291,7 +292,8 @@ class FeatureNetwork(nn.Module):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         "(N, 3, H, W) in [-1, 1] -> (N, 3, R, R) normalised for this network."
         x = resize(images, self.resolution)
-        return ((x + 1) / 2 - self.mean) / self.std            # $x' = (\frac{x + 1}{2} - \mu) / \sigma$
+        x = ((x + 1) / 2 - self.mean) / self.std               # $x' = (\frac{x + 1}{2} - \mu) / \sigma$
+        return x if self.is_vit else x.contiguous(memory_format=torch.channels_last)   # (same values, CNN layout)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         "Images (N, 3, H, W) in [-1, 1] -> 4 feature maps (N, C_l, s_l, s_l) at strides 4, 8, 16, 32."
@@ -300,7 +302,7 @@ class FeatureNetwork(nn.Module):
         x = self.preprocess(images)
         feats = self.backbone.forward_intermediates(x, indices=list(self.indices), stop_early=True,
                                                     intermediates_only=True)  # 4 x (N, C, h, w)
-        return self.reassemble(feats) if self.is_vit else feats
+        return self.reassemble(feats) if self.is_vit else [f.contiguous() for f in feats]   # back to (N, C, h, w) layout
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         "ImageNet logits (N, 1000) of images in [-1, 1]: the backbone's own head, for checking its weights."

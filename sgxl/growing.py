@@ -294,7 +294,8 @@ def restart_discriminator(cfg: Config, c_dim: int | None = None, table: torch.Te
     embed = None
     if c_dim: embed = ClassEmbedding(c_dim, cfg.embed_dim) if table is None else ClassEmbedding(c_dim, table.shape[1], table)
     return ProjectedDiscriminator(nets, c_dim=c_dim, ccm_channels=cfg.ccm_channels, class_embedding=embed,
-                                  diffaug=cfg.diffaug).to(device)
+                                  diffaug=cfg.diffaug, cutout_ratio=cfg.cutout_ratio,
+                                  head_channel_max=cfg.head_channel_max).to(device)
 
 # %% ../nbs/07_config_d.ipynb #dfb5c97b
 def fid_stalled(fids: Sequence[float], patience: int, min_delta: float = 0.0) -> bool:

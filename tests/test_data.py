@@ -351,6 +351,22 @@ def test_shapes_bad_arguments():
     assert len(load('shapes:num_images=30,seed=2', resolution=8)) == 30
 
 
+
+def test_shapes_easy_is_the_same_shapes_upright_white_on_black():
+    "easy=1: same labels and sizes; no rotation, background black, shape white; the name says it."
+    full, easy = ShapesDataset(32, 40), load('shapes:easy=1,num_images=40', resolution=32)
+    assert easy.name == 'shapes-easy-32-seed0-n40' and torch.equal(torch.as_tensor(easy.labels), torch.as_tensor(full.labels))
+    x = torch.stack([easy[i][0] for i in range(40)]).float()                    # (40, 3, 32, 32)
+    assert (x[:, :, 0, :] == 0).all() and (x[:, :, :, 0] == 0).all()            # borders black (centred shapes)
+    assert (x.amax((1, 2, 3)) == 255).all()                                     # every shape white somewhere
+    assert (x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all()            # grey levels only
+    assert not torch.equal(x, torch.stack([full[i][0] for i in range(40)]).float())
+    # upright: a square (class 1) fills its bounding box; the rotated squares of the full dataset mostly do not
+    fill = lambda img: (img[0] > 127).float().sum() / ((img[0] > 127).any(0).sum() * (img[0] > 127).any(1).sum())
+    assert all(fill(x[i]) > 0.9 for i in range(1, 40, 10))
+    with pytest.raises(ValueError, match='easy=2'):
+        load('shapes:easy=2', resolution=8)
+
 # --------------------------------------------------------------------------------------- the loader
 def take(loader, k):
     return [next(loader) for _ in range(k)]

@@ -70,14 +70,15 @@ def test_strength_zero_returns_the_input_exactly(G, direction):
 
 def test_style_offsets_hook_is_removed_and_checks_layers(G):
     ws = held_out(G, 1)
+    ch = G.synthesis.layers[0].in_spec.channels                               # every tiny layer has this width
     with torch.no_grad():
         base = G.synthesis(ws)
-        with ed.style_offsets(G, {'L1': torch.ones(64)}): moved = G.synthesis(ws)
+        with ed.style_offsets(G, {'L1': torch.ones(ch)}): moved = G.synthesis(ws)
         assert torch.equal(G.synthesis(ws), base) and not torch.allclose(moved, base)
     with pytest.raises(ValueError, match=r"no style layer\(s\) \['L99'\]"):
-        with ed.style_offsets(G, {'L99': torch.ones(64)}): pass
+        with ed.style_offsets(G, {'L99': torch.ones(ch)}): pass
     bad = ed.TextDirection('style', {'L0': torch.zeros(5)})
-    with pytest.raises(ValueError, match='L0 \\(5 channels\\), the network has 64 channels'):
+    with pytest.raises(ValueError, match=f'L0 \\(5 channels\\), the network has {ch} channels'):
         bad.check_fits(G)
 
 

@@ -319,6 +319,11 @@ def test_restart_discriminator(lite0):
     heads0 = [p for h in D0.heads for m in h for p in m.parameters()]
     heads1 = [p for h in D1.heads for m in h for p in m.parameters()]
     assert len(heads0) == len(heads1) and any(not torch.equal(a, b) for a, b in zip(heads0, heads1))
+    # the new heads follow the config, as rung B's do: capped at head_channel_max, cutout of cutout_ratio
+    narrow = restart_discriminator(TINY.replace(head_channel_max=16, cutout_ratio=0.3), 3, table, [lite0])
+    body = lambda D: max(m.out_channels for hs in D.heads for h in hs for m in h.body.modules() if isinstance(m, torch.nn.Conv2d))
+    assert body(narrow) == 16 and body(D1) == TINY.head_channel_max == 64      # (uncapped: 256 at 16 px maps)
+    assert narrow.cutout_ratio == 0.3
     # G's output reaches lite0 at feature_resolution whatever the stage
     seen = []
     hook = lite0.backbone.conv_stem.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))

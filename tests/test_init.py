@@ -65,7 +65,7 @@ def test_init_from_an_export_and_bad_sources(source_a, tmp_path, capsys):
     G_ema = nw.load_network(exported)
     assert all(torch.equal(a, b) for a, b in zip(tr.rung.G.state_dict().values(), G_ema.state_dict().values()))
     # Another architecture, another rung family, unlabelled data, and --init with --resume: clear errors.
-    assert train_main(['--cfg', 'A', '--data', 'shapes:num_images=40', *TINY, '--set', 'channel_max=32',
+    assert train_main(['--cfg', 'A', '--data', 'shapes:num_images=40', *TINY, '--set', 'channel_max=16',
                        '--init', str(source_a), '--outdir', str(tmp_path / 'x')]) == 1
     assert "architecture differs from this run's" in capsys.readouterr().err
     assert train_main(['--cfg', 'D', '--data', 'shapes:num_images=40', *TINY, '--init', str(source_a),

@@ -92,7 +92,7 @@ def test_bad_exports(run, exported, tmp_path, capsys):
     broken = tmp_path / 'broken'
     shutil.copytree(exported, broken)
     info = json.loads((broken / 'config.json').read_text())
-    info['config']['channel_max'] = 32                                                 # weights no longer fit
+    info['config']['channel_max'] = 16                                                 # weights no longer fit
     (broken / 'config.json').write_text(json.dumps(info))
     with pytest.raises(RuntimeError, match='does not fit the architecture'):
         sgxl.load_network(broken)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / 'nbs').glob('*.ipynb'))
 MAX_KB = 700                      # per notebook: small PNG figures and printed numbers, no large arrays
 MAX_FIGURE_KB = 100               # a cached figure of a slow cell (nbs/images/*.png)
-FIGURE_PENDING = {'20_ablation': "the lead produces the tiny ladder's figures with the #16 ablation run"}
+FIGURE_PENDING: dict[str, str] = {}   # notebook stem -> why its slow cell's figure is not committed yet
 
 
 def code_cells(nb_path: Path) -> list:

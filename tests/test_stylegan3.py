@@ -52,7 +52,7 @@ def test_schedule_is_explicit_and_extendable():
     ios = layer_io(stem)
     assert ios[0] == (stem[0], stem[0]) and all(a.index == b.index - 1 for a, b in ios[1:])
     cfg = make_config('A', 'tiny')
-    assert schedule_from_config(cfg) == filter_schedule(32, 6, 2, 10, 2048, 64)
+    assert schedule_from_config(cfg) == filter_schedule(32, 6, 2, 10, 2048, 32)
 
 
 def test_lowpass_toggle_keeps_weights_loadable():
