@@ -84,9 +84,10 @@ def test_projection_reaches_high_psnr_in_range(G, percep):
     assert p.c == 4 and p.ws.shape == (1, G.num_ws, G.w_dim)
     assert torch.allclose(p.ws[:, 0:1], p.ws)                                # space 'w': one w for all layers
     record_value('psnr', p.psnr); record_value('psnr_gain_db', p.psnr - p.psnr_start)
-    # measured (tools/flaky.py, 10 runs at each of 1 / 2 / 4 threads, identical within a thread count): 34.01 / 33.83 /
-    # 33.60 dB (spread 0.41, margin 5.6), gain 14.04 / 13.86 / 13.63 dB (margin 5.6); earlier 32.42..33.58 dB
-    assert p.psnr > 28 and p.psnr > p.psnr_start + 8, (p.psnr_start, p.psnr)
+    # measured on the 32-channel tiny preset (tools/flaky.py, 10 runs at each of 1 / 2 / 4 threads, identical within
+    # a thread count): 31.66 / 30.51 / 30.57 dB, gain 9.55 / 8.40 / 8.46 dB: spread 1.15, margins 3.5 (3.0x) and
+    # 3.9 (3.4x). Other targets (seeds 12-16, the same threads): 27.2..35.4 dB, gain 5.4..14.9 -- seed 11 is typical
+    assert p.psnr > 27 and p.psnr > p.psnr_start + 4.5, (p.psnr_start, p.psnr)
     assert abs(inv.reconstruction_psnr(ex.synthesize(G, p.ws), target) - p.psnr) < 1e-3
 
 
