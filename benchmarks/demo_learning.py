@@ -3,6 +3,7 @@
     python benchmarks/demo_learning.py --budget 240                                  # the demo's rung as `sgxl train` builds it
     python benchmarks/demo_learning.py --cfg F --set stem_resolution=32 --set cls_weight=8 --budget 300
     python benchmarks/demo_learning.py --plain --budget 200 --batch 32               # a plain conditional GAN, for scale
+    python benchmarks/demo_learning.py --pair sgxl,plain --data shapes:easy=1 --batch 16   # sgxl's G against the plain D
 
 Issue 16 asks the demo (`sgxl train`, no arguments) to end within about 5 minutes on 2 CPU cores with at least
 80% of its samples classified as their requested class by sgxl.domain's classifier (dacc) and a domain Frechet
@@ -14,9 +15,17 @@ distance (dfd) at most half of step 0's. This script trains one setup for --budg
   fed as `sgxl train` builds it (`sgxl.training.Trainer`), scored on its EMA generator, as the demo scores;
 - --plain: a small conventional conditional GAN (DCGAN-style generator with batch norm, a convolutional
   discriminator with a projection term, hinge loss, Adam 4e-4, betas (0.5, 0.99)): no sgxl network, only the
-  same data and the same metric. It answers whether the target is within reach of any cheap GAN on this data.
+  same data and the same metric. It answers whether the target is within reach of any cheap GAN on this data;
+- --pair G,D: one half of sgxl against one half of the plain GAN, in the plain GAN's loop (hinge loss, one D and
+  one G step, no EMA, no regularisers), to find which half is slow. G: 'sgxl' (rung A's tiny generator with 4
+  layers, margin 4, mapping lr x1, Adam 2e-3, betas (0, 0.99)) or 'plain'; D: 'plain' (with --d-cond), 'projected'
+  (rung B's tiny projected D, lite0 at 32 px, no DiffAugment, Adam 2e-3, betas (0, 0.99), mean over patches) or
+  'resnet' (rung A's tiny ResNet D, the plain D's optimiser). --d-cond sets how the plain D reads the label:
+  'projection' (its own: psi(h) + e(y).h), 'scaled' (the projection term divided by sqrt(dim h)), 'sgxl' (as sgxl's
+  discriminators read it: <W h, P norm(e(y))> / sqrt(M), no psi term) or 'sgxl+psi'.
 """
 import argparse
+import math
 import time
 
 import torch
@@ -48,16 +57,28 @@ class PlainG(nn.Module):
 
 class PlainD(nn.Module):
     "images (N, 3, 32, 32), labels (N,) -> logits (N,): strided convs, a linear output plus a projection term."
-    def __init__(self, classes: int, ch: int = 64):
+    COND = ('projection', 'scaled', 'sgxl', 'sgxl+psi')
+
+    def __init__(self, classes: int, ch: int = 64, cond: str = 'projection', cmap_dim: int = 64):
         super().__init__()
         act = lambda: nn.LeakyReLU(0.2)
         self.body = nn.Sequential(nn.Conv2d(3, ch // 4, 3, 2, 1), act(), nn.Conv2d(ch // 4, ch // 2, 3, 2, 1), act(),
                                   nn.Conv2d(ch // 2, ch, 3, 2, 1), act(), nn.Conv2d(ch, 2 * ch, 4), act(), nn.Flatten())
-        self.out, self.embed = nn.Linear(2 * ch, 1), nn.Embedding(classes, 2 * ch)
+        self.cond = cond
+        if cond in ('projection', 'scaled'):
+            self.out, self.embed = nn.Linear(2 * ch, 1), nn.Embedding(classes, 2 * ch)
+        else:                                                                   # sgxl's form: phi = W h, P e(y)
+            self.phi, self.embed, self.proj = nn.Linear(2 * ch, cmap_dim), nn.Embedding(classes, 64), nn.Linear(64, cmap_dim)
+            self.psi = nn.Linear(cmap_dim, 1) if cond == 'sgxl+psi' else None
 
     def forward(self, x, y):
         h = self.body(x)                                                        # (N, 2ch)
-        return self.out(h).squeeze(1) + (self.embed(y) * h).sum(1)              # $\psi(h) + e(y)^\top h$
+        if self.cond == 'projection': return self.out(h).squeeze(1) + (self.embed(y) * h).sum(1)   # $\psi(h) + e(y)^\top h$
+        if self.cond == 'scaled': return self.out(h).squeeze(1) + (self.embed(y) * h).sum(1) / math.sqrt(h.shape[1])
+        phi, e = self.phi(h), self.embed(y)                                     # (N, M), (N, 64)
+        e = e * (e.square().mean(1, keepdim=True) + 1e-8).rsqrt()               # unit second moment
+        logit = (phi * self.proj(e)).sum(1) / math.sqrt(phi.shape[1])           # $\langle \phi, P e \rangle / \sqrt M$
+        return logit if self.psi is None else logit + self.psi(phi).squeeze(1)
 
 
 class PlainGAN:
@@ -83,6 +104,42 @@ class PlainGAN:
 
     def generator(self): return self.G.eval()
     def train(self): self.G.train()
+
+
+class SgxlG(nn.Module):
+    "sgxl's generator (rung A tiny, 4 layers, margin 4, mapping lr x1) with the plain G's call: (z, labels (N,))."
+    def __init__(self, classes: int):
+        super().__init__()
+        from sgxl.stylegan3 import Generator
+        cfg = make_config('A', 'tiny', num_layers=4, margin_size=4, mapping_lr_mult=1.0, blur_sigma=0, pl_weight=0)
+        self.net, self.z_dim, self.c_dim, self.img_resolution = Generator.from_config(cfg, c_dim=classes), cfg.z_dim, classes, 32
+
+    def forward(self, z, c, truncation_psi: float = 1.0):
+        y = c if c.is_floating_point() else F.one_hot(c, self.c_dim).float()     # (N, K) one-hot
+        return self.net(z, y)
+
+
+def paired_gan(dataset, batch: int, g: str, d: str, d_cond: str = 'projection') -> PlainGAN:
+    "The plain GAN's loop with generator `g` ('sgxl', 'plain') and discriminator `d` ('plain', 'projected', 'resnet')."
+    run, K = PlainGAN(dataset, batch), dataset.num_classes
+    if g == 'sgxl':
+        run.G = SgxlG(K)
+        run.opt_G = torch.optim.Adam(run.G.parameters(), 2e-3, betas=(0.0, 0.99))
+    onehot = lambda y: F.one_hot(y, K).float()
+    if d == 'plain':
+        run.D = PlainD(K, cond=d_cond)
+        run.opt_D = torch.optim.Adam(run.D.parameters(), 4e-4, betas=(0.5, 0.99))
+    elif d == 'projected':
+        from sgxl.projected import projected_discriminator
+        net = projected_discriminator(make_config('B', 'tiny', feature_resolution=32, diffaug=''), c_dim=K).train()
+        run.D = lambda x, y: net(x, onehot(y)).mean(1)                           # mean over the patches: (N,)
+        run.opt_D = torch.optim.Adam(net.trainable_parameters(), 2e-3, betas=(0.0, 0.99))
+    else:
+        from sgxl.baseline import ResNetDiscriminator
+        net = ResNetDiscriminator.from_config(make_config('A', 'tiny'), c_dim=K)
+        run.D = lambda x, y: net(x, onehot(y)).squeeze(1)
+        run.opt_D = torch.optim.Adam(net.parameters(), 4e-4, betas=(0.5, 0.99))
+    return run
 
 
 class SgxlRun:
@@ -121,6 +178,8 @@ def main():
     p.add_argument('--cfg', default='F', help='rung of the sgxl path (default F, the demo\'s)')
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='config changes of the tiny preset')
     p.add_argument('--plain', action='store_true', help='the plain conditional GAN instead of an sgxl rung')
+    p.add_argument('--pair', metavar='G,D', help="one half each in the plain GAN's loop: G sgxl|plain, D plain|projected|resnet")
+    p.add_argument('--d-cond', default='projection', choices=PlainD.COND, help="how --pair's plain D reads the label")
     p.add_argument('--data', default='shapes', help="dataset, e.g. 'shapes:easy=1' (sgxl path: --set data=... wins)")
     p.add_argument('--batch', type=int, default=32, help='batch of the plain GAN (sgxl: --set batch=N)')
     p.add_argument('--budget', type=float, default=240, help='training CPU seconds (process time, metrics excluded)')
@@ -132,14 +191,20 @@ def main():
     torch.manual_seed(0)
     from sgxl.data import load
     from sgxl.training import parse_set
-    if args.plain:
+    if args.pair:
+        g, _, d = args.pair.partition(',')
+        if g not in ('sgxl', 'plain') or d not in ('plain', 'projected', 'resnet'):
+            p.error(f"--pair {args.pair}: write G,D with G sgxl or plain and D plain, projected or resnet, e.g. --pair sgxl,plain")
+        dataset = load(args.data, resolution=32)
+        run, name = paired_gan(dataset, args.batch, g, d, args.d_cond), f'G {g}, D {d} ({args.d_cond}), batch {args.batch}'
+    elif args.plain:
         dataset = load(args.data, resolution=32)
         run, name = PlainGAN(dataset, args.batch), f'plain conditional GAN, batch {args.batch}'
     else:
         cfg = make_config(args.cfg, 'tiny', **{'metrics': (), 'snap_kimg': 1e6, 'kimg': 1e6, 'data': args.data,
                                                   **parse_set(args.set)})
         run, name = SgxlRun(cfg, args.outdir), f'rung {args.cfg} tiny with {parse_set(args.set)}'
-    data = lambda: run.trainer.dataset if not args.plain else dataset
+    data = lambda: run.trainer.dataset if not (args.plain or args.pair) else dataset
     first = score(run, data())
     print(f'{name}: step 0 dfd500 {first["dfd500"]:.1f}, dacc500 {first["dacc500"]:.3f}; '
           f'{torch.get_num_threads()} threads', flush=True)
