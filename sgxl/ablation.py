@@ -302,8 +302,8 @@ def markdown_table(results: dict) -> str:
     lines += ['| ' + ' | '.join(_fmt(r.get(k)) for k in keys) + ' |' for r in rows]
     notes = [f"- **{', '.join(ks)} skipped**: {why}" for why, ks in group_reasons(results['skipped']).items()]
     notes.append(f"- Same data ({results['settings']['data']}), budget ({results['settings']['kimg']:g} kimg), batch "
-                 f"and seed ({results['settings']['seed']}) for every rung; metrics on {results['settings']['num']} "
-                 f"generated images each (the paper: 50k). Small counts are noisy: compare rungs, not absolute values.")
+                 f"and seed ({results['settings']['seed']}) for every rung; each metric on the number of generated images in "
+                 f"its column's name (the paper: 50k). Small counts are noisy: compare rungs, not absolute values.")
     notes.append('- Image metrics at the final resolution (a lower progressive stage upsampled); EQ-T at the '
                  "generator's own size. wall seconds: training sessions (snapshots included); step seconds and "
                  'sec/kimg: training steps only.')
@@ -483,7 +483,8 @@ def ablate_parser() -> argparse.ArgumentParser:
     p.add_argument('--snap', type=float, help='kimg between snapshots: the points of the metric curves')
     p.add_argument('--seed', type=int, default=0, help='one seed for every rung and metric (default 0)')
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='any config field, for every rung')
-    p.add_argument('--num', type=int, help='generated images per metric (default: 50000 paper, 64 tiny)')
+    p.add_argument('--num', type=int, help='generated images per metric when --metrics is not given (default: 50000 paper, 64 tiny); '
+                   'a metric named with a count (dfd500) uses its own')
     p.add_argument('--metrics', default='auto', help="comma-separated metric names, or 'auto': rfid, fid, is, pr, eqt_int at --num")
     p.add_argument('--outdir', default='runs/ablation', help='where the runs (outdir/runs) and the tables go')
     p.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda'")
