@@ -19,10 +19,11 @@ from .checkpoint import (CheckpointError, CheckpointManager, latest_checkpoint, 
 from .core import atomic_write, check
 
 # %% auto #0
-__all__ = ['RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_METRICS', 'DEMO_TARGETS', 'rng_state', 'set_rng_state',
-           'StatsLog', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents', 'metric_key', 'check_before_training',
-           'Trainer', 'check_resume_changes', 'MetricError', 'train_parser', 'parse_set', 'is_demo', 'parse_metrics',
-           'config_from_args', 'resume_changes_from_args', 'demo_scores', 'demo_report', 'train_main']
+__all__ = ['RUNG_CLASSES', 'RESUME_FIELDS', 'TRAIN_EXAMPLES', 'DEMO_RUNG', 'DEMO_SETTINGS', 'DEMO_METRICS', 'DEMO_TARGETS',
+           'rng_state', 'set_rng_state', 'StatsLog', 'rung_class', 'data_slug', 'new_run_dir', 'grid_latents',
+           'metric_key', 'check_before_training', 'Trainer', 'check_resume_changes', 'MetricError', 'train_parser',
+           'parse_set', 'is_demo', 'parse_metrics', 'config_from_args', 'resume_changes_from_args', 'demo_scores',
+           'demo_report', 'train_main']
 
 # %% ../nbs/17_training.ipynb #7e30490a
 def rng_state() -> dict:
@@ -380,7 +381,7 @@ import sys
 from .core import RUNGS, PRESETS, make_config
 
 TRAIN_EXAMPLES = """examples:
-  sgxl train                                    # the demo: rung F, tiny, built-in shapes, CPU-friendly
+  sgxl train                                    # the demo: rung B, tiny, built-in easy shapes, 5 CPU minutes
   sgxl train --cfg A --preset tiny --kimg 2     # rung A (StyleGAN3-T) on shapes
   sgxl dataset ~/imagenet/train in128.zip --resolution 128
   sgxl train --cfg F --data in128.zip --resolution 128 --batch 256 --batch-gpu 32
@@ -396,13 +397,16 @@ def train_parser() -> argparse.ArgumentParser:
     "The argument parser of `sgxl train`."
     p = argparse.ArgumentParser(prog='sgxl train', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Train a rung of the ladder A..F. Without --cfg, --data, --preset or --resolution: the CPU '
-                    'demo: rung F (every change of the ladder at once) at the tiny preset (32 px, batch 8) on the '
-                    'built-in shapes for 1 kimg, a length chosen to end within about 5 minutes on 2 CPU cores. It '
-                    'prints the domain metrics of sgxl.domain (no download) at step 0 and at the end against its '
-                    'targets: at least 80% of samples read as their class, a domain Frechet distance at most half '
-                    'of step 0\'s. Otherwise the paper values of the chosen rung and resolution, changed by the '
-                    'options below.', epilog=TRAIN_EXAMPLES)
-    p.add_argument('--cfg', choices=RUNGS, help='rung of the ladder (default: F, StyleGAN-XL)')
+                    'demo: rung B (the Projected GAN discriminator, which the later rungs build on) at the tiny '
+                    'preset on the easy variant of the built-in shapes (upright white shapes on black), 12 kimg '
+                    'with a smaller generator, lite0 at 32 px, no DiffAugment and the input blur fading over the '
+                    'whole run (sgxl.training.DEMO_SETTINGS says why each), chosen to end within about 5 minutes on '
+                    '2 CPU cores; rungs C..F cost more than that on a CPU. It prints the domain metrics of '
+                    'sgxl.domain (no download) at step 0 and at the end against its targets: at least 80% of '
+                    'samples read as their class, a domain Frechet distance at most half of step 0\'s. Otherwise '
+                    'the paper values of the chosen rung and resolution, changed by the options below.',
+        epilog=TRAIN_EXAMPLES)
+    p.add_argument('--cfg', choices=RUNGS, help='rung of the ladder (default: F, StyleGAN-XL; with no arguments at all: the demo, B)')
     p.add_argument('--data', help="dataset folder or .zip (see `sgxl dataset`), or 'shapes' (built in, the default)")
     p.add_argument('--preset', choices=PRESETS, help="'paper' (default with arguments) or 'tiny' (laptop CPU; the demo)")
     p.add_argument('--resolution', type=int, help="output resolution (default: the dataset's; 32 for tiny shapes)")
@@ -451,14 +455,35 @@ def is_demo(args) -> bool:
     "No rung, data, preset or resolution given: the CPU demo (bookkeeping options such as --outdir still apply)."
     return all(v is None for v in (args.cfg, args.data, args.preset, args.resolution))
 
+# The demo: rung B (the Projected GAN discriminator, the change the rest of StyleGAN-XL builds on) at the tiny
+# preset, sized so that its samples visibly learn the classes within about 5 minutes on 2 CPU cores (issue 16;
+# the runs behind each value: benchmarks/RESULTS.md, "The demo: rung B"). Rungs C..F add cost (growing, a second feature
+# network, guidance) that a CPU cannot pay in 5 minutes; their effects are the ablation's (`sgxl ablate`).
+DEMO_RUNG = 'B'
+DEMO_SETTINGS: dict = dict(
+    data='shapes:easy=1',      # upright white shapes on black: the ten classes differ by outline and texture only
+    num_layers=4, margin_size=4,   # a smaller generator (tiny: 6 layers, margin 10), several times cheaper per image
+    batch=16,                  # (tiny: 8)
+    feature_resolution=32,     # lite0 sees the 32 px images as they are (tiny: 64): 2.3x cheaper per kimg
+    diffaug='',                # DiffAugment (colour, translation, cutout) slows the first kimg; 5000 images over
+                               # 12 kimg give it nothing to prevent
+    blur_fade_kimg=12.0,       # D's input blur (sigma 2) fades over the whole run, as the paper's fades over its
+                               # first 200 kimg; faded in 0.5 kimg (tiny), class accuracy
+                               # at 13.5 kimg was 0.49 instead of 0.71
+    g_lr=0.005, mapping_lr_mult=1.0,   # a faster generator (tiny: 0.0025, mapping x0.01): class accuracy 0.66
+                               # instead of 0.31 at 8.5 kimg, domain FD 0.78 instead of 1.08 of step 0's
+    kimg=12.0, snap_kimg=4.0)
+
 def parse_metrics(text: str) -> tuple[str, ...]:
     "--metrics 'fid50k,kid50k' -> ('fid50k', 'kid50k'); 'none' -> ()."
     return tuple(m.strip() for m in text.split(',') if m.strip() and m.strip() != 'none')
 
 def config_from_args(args) -> Config:
     "The run's config: rung and preset, then the dataset's resolution, then the options given."
-    preset = args.preset or ('tiny' if is_demo(args) else 'paper')
-    args.cfg, args.data = args.cfg or 'F', args.data or 'shapes'
+    demo = is_demo(args)
+    preset = args.preset or ('tiny' if demo else 'paper')
+    args.cfg, args.data = args.cfg or (DEMO_RUNG if demo else 'F'), args.data or (DEMO_SETTINGS['data'] if demo else 'shapes')
+    base = {k: v for k, v in DEMO_SETTINGS.items() if k != 'data'} if demo else {}
     overrides = {k: v for k, v in dict(data=args.data, kimg=args.kimg, batch=args.batch, batch_gpu=args.batch_gpu,
                  snap_kimg=args.snap, seed=args.seed, workers=args.workers, mirror=args.mirror,
                  grow_up=args.up).items() if v is not None}
@@ -467,7 +492,7 @@ def config_from_args(args) -> Config:
     if resolution is None and not re.fullmatch(r'[A-Za-z]\w*(:.*)?', args.data):
         resolution = load_data(args.data).resolution                              # the files' own resolution
     if resolution is not None: overrides['resolution'] = resolution
-    cfg = make_config(args.cfg, preset, **{**overrides, **parse_set(args.set)})
+    cfg = make_config(args.cfg, preset, **{**base, **overrides, **parse_set(args.set)})
     check(args.up is None or cfg.progressive, f"--up {args.up}: rung {cfg.cfg} does not grow; --up sets the growth "
           f"per stage of the progressive rungs D..F")
     return cfg

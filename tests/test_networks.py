@@ -114,16 +114,18 @@ def readme_api_example() -> str:
 
 
 def test_readme_python_api_example_runs_as_written(tmp_path, monkeypatch):
-    "The README's five lines, exactly, in a folder holding the demo's run folder (an untrained rung-F tiny network)."
+    "The README's five lines, exactly, in a folder holding the demo's run folder (an untrained network of the demo)."
+    from sgxl.training import config_from_args, train_parser
     code = readme_api_example()
     assert len(code.strip().splitlines()) == 5
-    cfg = make_config('F', 'tiny', c_dim=10)
+    cfg = config_from_args(train_parser().parse_args([])).replace(c_dim=10)            # `sgxl train`'s config
     torch.manual_seed(0)
-    G0 = build_generator(cfg, 10, stage=1)                                             # the 32x32 stage
-    run = tmp_path / 'runs' / '00000-F-tiny-shapes-32'
+    G0 = build_generator(cfg, 10)
+    run = tmp_path / 'runs' / f'00000-{cfg.cfg}-tiny-shapes-32'                         # the demo's run folder name
+    assert f"'runs/{run.name}'" in code
     run.mkdir(parents=True)
     save_checkpoint(run / 'ckpt-000000001', {'rung': {'G': G0.state_dict(), 'G_ema': G0.state_dict()}},
-                    {'config': cfg.to_dict(), 'step': 1, 'stage': 1, 'kimg': 0.008, 'dataset': 'shapes'})
+                    {'config': cfg.to_dict(), 'step': 1, 'stage': 0, 'kimg': 0.008, 'dataset': 'shapes'})
     monkeypatch.chdir(tmp_path)
     exec(compile(code, 'README.md', 'exec'), {})
     G, _ = load_generator(run)

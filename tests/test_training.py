@@ -172,6 +172,22 @@ def test_resume_with_kimg_trains_longer_and_other_changes_are_refused(device, tm
     assert [r['step'] for r in rows(run)] == [1, 2, 3, 4]
 
 
+def test_the_demo_is_rung_b_on_the_easy_shapes_with_its_own_settings(capsys):
+    "`sgxl train` with no arguments: DEMO_SETTINGS over rung B tiny; any rung, data, preset or resolution leaves them."
+    from sgxl.training import DEMO_RUNG, DEMO_SETTINGS
+    assert train_main(['--dry-run']) == 0
+    demo = json.loads(capsys.readouterr().out)
+    assert demo['cfg'] == DEMO_RUNG == 'B' and demo['preset'] == 'tiny' and demo['data'] == 'shapes:easy=1'
+    assert all(demo[k] == v for k, v in DEMO_SETTINGS.items())
+    assert demo['blur_fade_kimg'] >= demo['kimg'] > demo['snap_kimg']     # blur over the whole run; a grid on the way
+    assert train_main(['--kimg', '2', '--seed', '3', '--dry-run']) == 0   # bookkeeping options keep the demo
+    short = json.loads(capsys.readouterr().out)
+    assert short['cfg'] == 'B' and short['kimg'] == 2 and short['seed'] == 3 and short['g_lr'] == DEMO_SETTINGS['g_lr']
+    assert train_main(['--cfg', 'B', '--preset', 'tiny', '--dry-run']) == 0   # a rung named: the tiny preset as is
+    named = json.loads(capsys.readouterr().out)
+    assert named == json.loads(make_config('B', 'tiny').to_json())
+
+
 def test_mirror_adds_x_flipped_reals(tmp_path, capsys):
     "--mirror (a Config field and a `sgxl train` option): every real image also seen mirrored left to right."
     assert train_main(['--cfg', 'B', *TINY, '--mirror', '--dry-run']) == 0
