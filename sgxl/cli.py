@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'info': ('sgxl.cli:info_main', 'print versions and devices'),
     'dataset': ('sgxl.dataset_tool:dataset_main', 'convert images (class folders, flat folder, zip, shapes) into an sgxl dataset'),
     'embeddings': ('sgxl.embeddings:embeddings_main', 'compute (and cache) the pretrained class embeddings of a dataset (rung C)'),
-    'train': ('sgxl.training:train_main', 'train a rung A..F (no arguments: the CPU demo, rung F on shapes)'),
+    'train': ('sgxl.training:train_main', 'train a rung A..F (no arguments: the CPU demo, rung B on the easy shapes)'),
     'metrics': ('sgxl.evaluate:metrics_main', 'evaluate a trained generator: FID, sFID, rFID, IS, KID, precision/recall, EQ-T/EQ-R'),
     'generate': ('sgxl.explore:generate_main', 'sample a trained network: images per seed, class sheets, interpolation GIFs'),
     'invert': ('sgxl.inversion:invert_main', 'invert an image into a trained network (projection + PTI), report PSNR'),
