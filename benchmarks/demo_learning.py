@@ -1,18 +1,22 @@
 """Does a generator learn `shapes` within the demo's budget? The demo's metrics over CPU time, per setup.
 
-    python benchmarks/demo_learning.py --budget 240                                  # the demo's rung as `sgxl train` builds it
-    python benchmarks/demo_learning.py --cfg F --set stem_resolution=32 --set cls_weight=8 --budget 300
+    python benchmarks/demo_learning.py --every-kimg 2 --kimg 12 --set seed=1         # the demo as `sgxl train` builds it
+    python benchmarks/demo_learning.py --cfg F --no-demo --set stem_resolution=32 --set cls_weight=8 --budget 300
     python benchmarks/demo_learning.py --plain --budget 200 --batch 32               # a plain conditional GAN, for scale
     python benchmarks/demo_learning.py --pair sgxl,plain --data shapes:easy=1 --batch 16   # sgxl's G against the plain D
 
 Issue 16 asks the demo (`sgxl train`, no arguments) to end within about 5 minutes on 2 CPU cores with at least
 80% of its samples classified as their requested class by sgxl.domain's classifier (dacc) and a domain Frechet
 distance (dfd) at most half of step 0's. This script trains one setup for --budget seconds of process CPU time
-(robust to a shared machine; wall time is printed too) and prints dacc500 and dfd500 of the generator every
---every CPU seconds, so setups can be compared by how far they get per CPU second:
+(robust to a shared machine; wall time is printed too), or up to --kimg, and prints dacc500, dfd500 and ddiv500
+of the generator every --every CPU seconds (or every --every-kimg kimg), so setups can be compared by how far
+they get per CPU second, and seeds of one setup by kimg (--set seed=N). --extra-ema 0.1,0.2 also keeps and scores
+EMAs of G with other ramp-ups, beside the run's own, without changing the training:
 
-- the sgxl path (default): the training step of rung --cfg at the tiny preset with the --set changes, built and
-  fed as `sgxl train` builds it (`sgxl.training.Trainer`), scored on its EMA generator, as the demo scores;
+- the sgxl path (default): the training step of the demo (`sgxl train` with no arguments: rung B, tiny,
+  sgxl.training.DEMO_SETTINGS), or of rung --cfg with the demo's settings, or with --no-demo of rung --cfg at the
+  plain tiny preset; then the --set changes. Built and fed as `sgxl train` builds it (`sgxl.training.Trainer`),
+  scored on its EMA generator, as the demo scores;
 - --plain: a small conventional conditional GAN (DCGAN-style generator with batch norm, a convolutional
   discriminator with a projection term, hinge loss, Adam 4e-4, betas (0.5, 0.99)): no sgxl network, only the
   same data and the same metric. It answers whether the target is within reach of any cheap GAN on this data;
@@ -25,6 +29,7 @@ distance (dfd) at most half of step 0's. This script trains one setup for --budg
   discriminators read it: <W h, P norm(e(y))> / sqrt(M), no psi term) or 'sgxl+psi'.
 """
 import argparse
+import copy
 import math
 import time
 
@@ -34,8 +39,9 @@ from torch import nn
 
 from sgxl.core import make_config
 from sgxl.evaluate import compute_metrics
+from sgxl.baseline import ema_beta, update_ema
 
-METRICS = ('dfd500', 'dacc500')
+METRICS = ('dfd500', 'dacc500', 'ddiv500')
 
 
 class PlainG(nn.Module):
@@ -144,10 +150,11 @@ def paired_gan(dataset, batch: int, g: str, d: str, d_cond: str = 'projection') 
 
 class SgxlRun:
     "The training step of a rung as `sgxl train` builds it (Trainer: data, rung, stages), scored on G_ema."
-    def __init__(self, cfg, outdir: str):
+    def __init__(self, cfg, outdir: str, extra_ema: tuple[float, ...] = ()):
         from sgxl.training import Trainer
         self.trainer = Trainer(cfg, outdir=outdir, progress=False)
         self.step_index = 0
+        self.extra_ema = {r: copy.deepcopy(self.trainer.rung.G_ema) for r in extra_ema}  # EMA ramp-up -> its G_ema
 
     @property
     def nimg(self): return self.trainer.rung.nimg
@@ -157,6 +164,8 @@ class SgxlRun:
         real, labels = next(t.loader)
         stats = t.rung.step(real, labels if t.cfg.c_dim else None, self.step_index, t.batch_now()[1])
         self.step_index += 1
+        for rampup, ema in self.extra_ema.items():                  # the same update as the rung's, another ramp-up
+            update_ema(ema, t.rung.G, ema_beta(len(real), t.rung.nimg, t.cfg.ema_half_life_kimg, rampup))
         if getattr(t.rung, 'progressive', False) and t.rung.should_grow():
             t.grow(); print(f'  grew to {t.rung.resolution} px', flush=True)
         return stats
@@ -165,25 +174,32 @@ class SgxlRun:
     def train(self): pass
 
 
-def score(run, dataset) -> dict:
-    "The demo's metrics of the run's generator (the training RNG untouched)."
+def score(run, dataset, G=None) -> dict:
+    "The demo's metrics of the run's generator, or of G (the training RNG untouched)."
     with torch.random.fork_rng(devices=[]):
-        out = compute_metrics(METRICS, run.generator(), dataset, device='cpu', seed=0)
+        out = compute_metrics(METRICS, G if G is not None else run.generator(), dataset, device='cpu', seed=0)
     run.train()
     return out
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--cfg', default='F', help='rung of the sgxl path (default F, the demo\'s)')
+    p.add_argument('--cfg', default=None, help="rung of the sgxl path (default: the demo's)")
+    p.add_argument('--no-demo', action='store_true', help="start from the plain tiny preset, not from the demo's "
+                   "settings (sgxl.training.DEMO_SETTINGS, under --set's)")
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='config changes of the tiny preset')
     p.add_argument('--plain', action='store_true', help='the plain conditional GAN instead of an sgxl rung')
     p.add_argument('--pair', metavar='G,D', help="one half each in the plain GAN's loop: G sgxl|plain, D plain|projected|resnet")
     p.add_argument('--d-cond', default='projection', choices=PlainD.COND, help="how --pair's plain D reads the label")
-    p.add_argument('--data', default='shapes', help="dataset, e.g. 'shapes:easy=1' (sgxl path: --set data=... wins)")
+    p.add_argument('--data', default='shapes', help="dataset of --plain, --pair and --no-demo, e.g. 'shapes:easy=1' (the demo's own: "
+                   "its DEMO_SETTINGS; --set data=... wins)")
     p.add_argument('--batch', type=int, default=32, help='batch of the plain GAN (sgxl: --set batch=N)')
     p.add_argument('--budget', type=float, default=240, help='training CPU seconds (process time, metrics excluded)')
     p.add_argument('--every', type=float, default=40, help='CPU seconds between scores')
+    p.add_argument('--every-kimg', type=float, help='kimg between scores instead (runs of one setup compare by kimg)')
+    p.add_argument('--extra-ema', default='', help="sgxl path: also keep and score G EMAs with these ramp-ups, "
+                   "e.g. '0.1,0.2' (the config's ema_rampup is the run's own)")
+    p.add_argument('--kimg', type=float, help='stop at this many kimg (besides --budget)')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     p.add_argument('--outdir', default='/tmp/sgxl-demo-learning', help='run folders of the sgxl path')
     args = p.parse_args()
@@ -201,25 +217,34 @@ def main():
         dataset = load(args.data, resolution=32)
         run, name = PlainGAN(dataset, args.batch), f'plain conditional GAN, batch {args.batch}'
     else:
-        cfg = make_config(args.cfg, 'tiny', **{'metrics': (), 'snap_kimg': 1e6, 'kimg': 1e6, 'data': args.data,
-                                                  **parse_set(args.set)})
-        run, name = SgxlRun(cfg, args.outdir), f'rung {args.cfg} tiny with {parse_set(args.set)}'
+        from sgxl.training import DEMO_RUNG, DEMO_SETTINGS
+        base = dict(data=args.data) if args.no_demo else dict(DEMO_SETTINGS)
+        rung = args.cfg or DEMO_RUNG
+        cfg = make_config(rung, 'tiny', **{**base, 'metrics': (), 'snap_kimg': 1e6, 'kimg': 1e6, **parse_set(args.set)})
+        what = f'rung {rung} tiny' if args.no_demo else f"the demo's settings on rung {rung}"
+        run, name = SgxlRun(cfg, args.outdir, tuple(float(r) for r in args.extra_ema.split(',') if r)), f'{what} with {parse_set(args.set)}'
     data = lambda: run.trainer.dataset if not (args.plain or args.pair) else dataset
     first = score(run, data())
     print(f'{name}: step 0 dfd500 {first["dfd500"]:.1f}, dacc500 {first["dacc500"]:.3f}; '
           f'{torch.get_num_threads()} threads', flush=True)
-    print(f"{'kimg':>7}{'train CPU s':>12}{'wall s':>8}{'dfd500':>9}{'/ step 0':>9}{'dacc500':>9}  losses")
-    train_cpu, next_score, w0 = 0.0, args.every, time.time()
-    while train_cpu < args.budget:
+    print(f"{'kimg':>7}{'train CPU s':>12}{'wall s':>8}{'dfd500':>9}{'/ step 0':>9}{'dacc500':>9}{'ddiv500':>9}  losses")
+    train_cpu, next_score, w0 = 0.0, (args.every_kimg or args.every), time.time()
+    done = lambda: train_cpu >= args.budget or (args.kimg is not None and run.nimg >= args.kimg * 1000)
+    while not done():
         c0 = time.process_time()
         stats = run.step()
         train_cpu += time.process_time() - c0
-        if train_cpu >= next_score or train_cpu >= args.budget:
-            next_score += args.every
+        progress = run.nimg / 1000 if args.every_kimg else train_cpu
+        if progress >= next_score or done():
+            next_score += args.every_kimg or args.every
             s = score(run, data())
             losses = ' '.join(f'{k.split("/")[-1]} {v:.3g}' for k, v in stats.items() if k.startswith('loss/'))
             print(f'{run.nimg / 1000:>7.2f}{train_cpu:>12.0f}{time.time() - w0:>8.0f}{s["dfd500"]:>9.1f}'
-                  f'{s["dfd500"] / first["dfd500"]:>9.2f}{s["dacc500"]:>9.3f}  {losses}', flush=True)
+                  f'{s["dfd500"] / first["dfd500"]:>9.2f}{s["dacc500"]:>9.3f}{s.get("ddiv500", float("nan")):>9.3f}  {losses}', flush=True)
+            for rampup, ema in getattr(run, 'extra_ema', {}).items():
+                e = score(run, data(), ema)
+                print(f'{"":>27}{e["dfd500"]:>9.1f}{e["dfd500"] / first["dfd500"]:>9.2f}{e["dacc500"]:>9.3f}'
+                      f'{e["ddiv500"]:>9.3f}  EMA ramp-up {rampup:g}', flush=True)
 
 
 if __name__ == '__main__':
