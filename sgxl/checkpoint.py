@@ -19,8 +19,8 @@ from .core import Config, TensorFileError, atomic_write, check, get_device, load
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'flatten_state', 'unflatten_state', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
-           'list_checkpoints', 'latest_checkpoint', 'CheckpointManager', 'resolve_checkpoint', 'build_generator',
-           'load_generator']
+           'list_checkpoints', 'latest_checkpoint', 'checkpoint_resolution', 'read_meta', 'CheckpointManager',
+           'current_best', 'resolve_checkpoint', 'build_generator', 'load_generator']
 
 # %% ../nbs/10_checkpoint.ipynb #f14bdbdd
 def flatten_state(state: Any, prefix: str = '') -> tuple[dict[str, torch.Tensor], Any]:
@@ -94,8 +94,17 @@ def _remove_checkpoint(json_path: Path):
     json_path.unlink(missing_ok=True)                                    # commit record first
     tfile.unlink(missing_ok=True)
 
+def checkpoint_resolution(meta: dict) -> int:
+    "The resolution a checkpoint's G was at (0 for records written before sgxl kept it): FIDs compare within one."
+    return int(meta.get('resolution') or 0)
+
+def read_meta(json_path) -> dict:
+    "The metadata of checkpoint record `json_path`."
+    return json.loads(Path(json_path).read_text())['meta']
+
 class CheckpointManager:
-    "Writes ckpt-STEP.{safetensors,json} in `run_dir`, keeps the last `keep`, and best.* by a lower-is-better metric."
+    """Writes ckpt-STEP.{safetensors,json} in `run_dir`, keeps the last `keep`, and best.* by a lower-is-better metric
+    (within the run's highest resolution so far)."""
     def __init__(self, run_dir, keep: int = 3, metric: str = 'fid'):
         check(keep >= 1, f'keep={keep}: keep at least one checkpoint')
         self.run_dir, self.keep, self.metric = Path(run_dir), keep, metric
@@ -104,15 +113,23 @@ class CheckpointManager:
     def best_value(self) -> float | None:
         "The metric of best.json (lower is better), or None before any checkpoint has one."
         p = self.run_dir / 'best.json'
-        if not p.exists(): return None
-        return json.loads(p.read_text())['meta'].get(self.metric)
+        return read_meta(p).get(self.metric) if p.exists() else None
+
+    def improves(self, meta: dict) -> bool:
+        """Does a checkpoint with `meta` replace best.*? Only with a value of the metric; then a higher resolution
+        than best's wins whatever the value (a grown network supersedes: FIDs at two resolutions do not compare),
+        a lower one loses, and at best's resolution the lower value wins."""
+        p, value = self.run_dir / 'best.json', meta.get(self.metric)
+        if value is None: return False
+        best = read_meta(p) if p.exists() else {}
+        if best.get(self.metric) is None: return True
+        res, best_res = checkpoint_resolution(meta), checkpoint_resolution(best)
+        return res > best_res if res != best_res else value < best[self.metric]
 
     def save(self, step: int, state: dict, meta: dict) -> Path:
         "Save a checkpoint for `step`; update best.* if `meta[metric]` improves; prune old ones."
         path = save_checkpoint(self.run_dir / f'ckpt-{step:09d}', state, {**meta, 'step': step})
-        value, best = meta.get(self.metric), self.best_value()
-        if value is not None and (best is None or value < best):
-            save_checkpoint(self.run_dir / 'best', state, {**meta, 'step': step})
+        if self.improves(meta): save_checkpoint(self.run_dir / 'best', state, {**meta, 'step': step})
         for old in list_checkpoints(self.run_dir)[:-self.keep]: _remove_checkpoint(old)
         return path
 
@@ -122,8 +139,7 @@ class CheckpointManager:
         record = json.loads(path.read_text())
         record['meta'].update(changes)
         atomic_write(path, json.dumps(record, indent=1))                   # the tensors (and their hash) are unchanged
-        value, best = record['meta'].get(self.metric), self.best_value()
-        if value is not None and (best is None or value < best):
+        if self.improves(record['meta']):
             tmp = self.run_dir / '.best.safetensors.tmp'
             shutil.copyfile(path.with_name(record['tensors']), tmp)
             with open(tmp, 'rb+') as f: os.fsync(f.fileno())
@@ -135,13 +151,21 @@ class CheckpointManager:
 from .growing import progressive_generator
 from .stylegan3 import Generator
 
+def current_best(run_dir) -> Path | None:
+    """best.json of run folder `run_dir`, or None if there is none or the run has grown since: a progressive run's
+    best of its 16 px stage is not the network a user of the 64 px run wants."""
+    best, last = Path(run_dir) / 'best.json', latest_checkpoint(run_dir)
+    if not best.exists(): return None
+    if last is not None and checkpoint_resolution(read_meta(last)) > checkpoint_resolution(read_meta(best)): return None
+    return best
+
 def resolve_checkpoint(path) -> Path:
-    "A checkpoint JSON path from a file or a run folder (best by FID, else latest); clear errors otherwise."
+    """A checkpoint JSON path from a file or a run folder (best by FID, unless the run has grown past it since;
+    else latest); clear errors otherwise."""
     p = Path(path)
     check(p.exists(), f"no checkpoint at {p}: give a checkpoint file (ckpt-*.json) or a run folder", FileNotFoundError)
     if p.is_dir():
-        best = p / 'best.json'
-        found = best if best.exists() else latest_checkpoint(p)
+        found = current_best(p) or latest_checkpoint(p)
         check(found is not None, f"{p} holds no checkpoint (ckpt-*.json or best.json): is it a run folder?", FileNotFoundError)
         return found
     return p if p.suffix == '.json' else p.with_name(p.name.removesuffix('.safetensors') + '.json')

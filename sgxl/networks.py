@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .core import Config, atomic_write, check, get_device
-from .checkpoint import (CheckpointError, build_generator, latest_checkpoint, load_checkpoint, load_generator,
-                             resolve_checkpoint)
+from .checkpoint import (CheckpointError, build_generator, current_best, latest_checkpoint, load_checkpoint,
+                             load_generator, resolve_checkpoint)
 from .growing import stage_resolutions
 from .metrics import parse_metric
 from .pretrained import load_network_file, network_json
@@ -142,14 +142,15 @@ def read_network(source, device: str | torch.device | None = 'cpu', which: str =
 
 # %% ../nbs/13_networks.ipynb #56a9b8f3
 def export_checkpoint(run, which: str = 'auto') -> Path:
-    "The checkpoint to export from a run folder: 'best' (by FID), 'last', or 'auto' (best if any, else last)."
+    """The checkpoint to export from a run folder: 'best' (by FID), 'last', or 'auto' (the best if there is one at
+    the run's latest resolution, else the last)."""
     check(which in ('auto', 'best', 'last'), f"which={which!r}: use 'auto', 'best' or 'last'")
     p = Path(run)
     if not p.is_dir(): return resolve_checkpoint(p)                  # a checkpoint file: that one
     best, last = p / 'best.json', latest_checkpoint(p)
     if which == 'best': check(best.exists(), f"{p} has no best checkpoint (best.json: written when a run measures "
                               f"FID); use --which last", FileNotFoundError)
-    found = best if which == 'best' or (which == 'auto' and best.exists()) else last
+    found = best if which == 'best' else (current_best(p) or last) if which == 'auto' else last
     check(found is not None, f"{p} holds no checkpoint (ckpt-*.json or best.json): is it a run folder?", FileNotFoundError)
     return found
 

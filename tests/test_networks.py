@@ -148,3 +148,17 @@ def test_explorer_takes_a_network_name(exported):
     "The widget explorer, like --network, takes an exported folder (or run, checkpoint, hf://) as well as a G."
     import ipywidgets
     assert isinstance(ex.explorer(str(exported)), ipywidgets.VBox)
+
+
+def test_a_run_that_grew_past_its_best_exports_and_loads_its_latest(tmp_path):
+    "A progressive run's best by FID at 16 px is not what `export` (auto) or a run-folder path gives once it is at 32 px."
+    import torch
+    from sgxl.checkpoint import CheckpointManager, resolve_checkpoint
+    cm = CheckpointManager(tmp_path, keep=3)
+    cm.save(1, {'w': torch.zeros(2)}, {'fid': 30.0, 'resolution': 16})
+    cm.save(2, {'w': torch.ones(2)}, {'resolution': 32})                  # the next stage, no FID measured yet
+    assert nw.export_checkpoint(tmp_path).name == resolve_checkpoint(tmp_path).name == 'ckpt-000000002.json'
+    assert nw.export_checkpoint(tmp_path, 'best').name == 'best.json'     # asked for by name: still there
+    cm.save(3, {'w': torch.ones(2)}, {'fid': 45.0, 'resolution': 32})     # the first FID at 32 px is the best now
+    assert nw.export_checkpoint(tmp_path).name == resolve_checkpoint(tmp_path).name == 'best.json'
+    assert json.loads((tmp_path / 'best.json').read_text())['meta']['step'] == 3
