@@ -27,6 +27,21 @@ EMAs of G with other ramp-ups, beside the run's own, without changing the traini
   'resnet' (rung A's tiny ResNet D, the plain D's optimiser). --d-cond sets how the plain D reads the label:
   'projection' (its own: psi(h) + e(y).h), 'scaled' (the projection term divided by sqrt(dim h)), 'sgxl' (as sgxl's
   discriminators read it: <W h, P norm(e(y))> / sqrt(M), no psi term) or 'sgxl+psi'.
+
+Diagnostics of the sgxl path (each patches sgxl inside this process only, for the measurement; nothing here is a
+feature of sgxl):
+- --d-head psi: rung B's heads read the label as Miyato and Koyama's projection discriminator does, with an
+  unconditional term, psi(h) + <phi(h), P e(c)> / sqrt(M) (sgxl's heads: the class term alone); 'psi-unscaled'
+  without the 1 / sqrt(M);
+- --mismatch W: a matching-aware D: real images with a wrong label (drawn uniformly among the others) as extra
+  hinge negatives, weight W, beside the paper's loss;
+- --equal-heads: every head of rung B's D counts equally in the loss (at 32 px lite0's four heads end at 25, 25,
+  1 and 1 patches, so the two coarse heads, which see the whole shape, carry 2 of 52 shares; at the paper's 224 px
+  every head ends at 4x4 patches): each head's patch logits are tiled to the largest head's count;
+- --classes 0,1,2,4,5: the demo's data restricted to these shape classes (ids into sgxl.data.SHAPES_CLASSES),
+  relabelled 0..K-1; the domain classifier is trained on the subset (its cache name says which);
+- --probe: no training; how well a linear classifier reads the class of real images from the frozen feature
+  network's four scales (global mean of each map, standardised), with D's input blur at sigma 0..4.
 """
 import argparse
 import copy
@@ -114,10 +129,10 @@ class PlainGAN:
 
 class SgxlG(nn.Module):
     "sgxl's generator (rung A tiny, 4 layers, margin 4, mapping lr x1) with the plain G's call: (z, labels (N,))."
-    def __init__(self, classes: int):
+    def __init__(self, classes: int, **changes):
         super().__init__()
         from sgxl.stylegan3 import Generator
-        cfg = make_config('A', 'tiny', num_layers=4, margin_size=4, mapping_lr_mult=1.0, blur_sigma=0, pl_weight=0)
+        cfg = make_config('A', 'tiny', **{**dict(num_layers=4, margin_size=4, mapping_lr_mult=1.0, blur_sigma=0, pl_weight=0), **changes})
         self.net, self.z_dim, self.c_dim, self.img_resolution = Generator.from_config(cfg, c_dim=classes), cfg.z_dim, classes, 32
 
     def forward(self, z, c, truncation_psi: float = 1.0):
@@ -125,11 +140,12 @@ class SgxlG(nn.Module):
         return self.net(z, y)
 
 
-def paired_gan(dataset, batch: int, g: str, d: str, d_cond: str = 'projection') -> PlainGAN:
-    "The plain GAN's loop with generator `g` ('sgxl', 'plain') and discriminator `d` ('plain', 'projected', 'resnet')."
+def paired_gan(dataset, batch: int, g: str, d: str, d_cond: str = 'projection', g_changes: dict | None = None) -> PlainGAN:
+    """The plain GAN's loop with generator `g` ('sgxl', 'plain') and discriminator `d` ('plain', 'projected', 'resnet');
+    `g_changes`: config changes of the sgxl generator (--set)."""
     run, K = PlainGAN(dataset, batch), dataset.num_classes
     if g == 'sgxl':
-        run.G = SgxlG(K)
+        run.G = SgxlG(K, **(g_changes or {}))
         run.opt_G = torch.optim.Adam(run.G.parameters(), 2e-3, betas=(0.0, 0.99))
     onehot = lambda y: F.one_hot(y, K).float()
     if d == 'plain':
@@ -182,12 +198,91 @@ def score(run, dataset, G=None) -> dict:
     return out
 
 
+def use_head_form(form: str):
+    "--d-head: rung B's patch heads with an unconditional term psi (Miyato and Koyama's projection form)."
+    import sgxl.projected as P
+    init, forward = P.PatchDiscriminator.__init__, P.PatchDiscriminator.forward
+    def with_psi(self, c_in, size, c_max=512, cmap_dim=0, embed_dim=0, end_size=8):
+        init(self, c_in, size, c_max, cmap_dim, embed_dim, end_size)
+        if cmap_dim:                                                              # in_channels: no power iteration
+            self.psi = P.sn(nn.Conv2d(self.out.in_channels, 1, 4, padding=self.out.padding, bias=False))
+    def psi_forward(self, x, embed=None):
+        if not self.cmap_dim: return forward(self, x, embed)
+        h = self.body(x)                                                          # (N, C, s, s)
+        phi, pe = self.out(h), self.embed_proj(embed)                             # (N, M, p, p), (N, M)
+        scale = 1.0 if form == 'psi-unscaled' else 1 / math.sqrt(self.cmap_dim)
+        return (self.psi(h).squeeze(1) + (phi * pe[:, :, None, None]).sum(1) * scale).flatten(1)   # (N, p*p)
+    P.PatchDiscriminator.__init__, P.PatchDiscriminator.forward = with_psi, psi_forward
+
+
+def use_equal_heads():
+    "--equal-heads: tile each head's patch logits (N, p) to the largest head's count, so each head weighs the same."
+    import sgxl.projected as P
+    forward = P.ProjectedDiscriminator.forward
+    def equal(self, images, c=None, blur_sigma=0.0, generator=None):
+        logits = forward(self, images, c, blur_sigma, generator)               # (N, P), heads side by side
+        sizes = [h.patches ** 2 for heads in self.heads for h in heads]
+        most = max(sizes)
+        if any(most % s for s in sizes): raise SystemExit(f'--equal-heads: head patch counts {sizes} do not divide {most}')
+        return torch.cat([l.repeat_interleave(most // s, dim=1) for l, s in zip(logits.split(sizes, 1), sizes)], 1)
+    P.ProjectedDiscriminator.forward = equal
+
+
+def use_mismatch(weight: float):
+    "--mismatch: rung B's D loss plus W * hinge(1 + D(x, wrong label)) on the real batch."
+    import sgxl.projected as P
+    d_loss = P.RungB.d_loss
+    def matching_aware(self, b):
+        loss, stats = d_loss(self, b)
+        wrong = (b.c + torch.randint(1, self.c_dim, b.c.shape, device=b.c.device)) % self.c_dim   # never b.c
+        extra = P.reduce_patches(F.relu(1 + self.discriminate(b.real, wrong)), **self.adv_reduce())
+        return loss + weight * extra, {**stats, 'loss/D_mismatch': extra}
+    P.RungB.d_loss = matching_aware
+
+
+def use_classes(ids: list[int]):
+    "--classes: the built-in shapes with only these shape ids, relabelled 0..K-1 (and named apart for caches)."
+    import numpy as np
+    import sgxl.data as D
+    params, init = D.shapes_params, D.ShapesDataset.__init__
+    def subset_params(seed, n):
+        p = params(seed, n); p['label'] = torch.tensor(ids)[torch.arange(n) % len(ids)]; return p
+    def subset_init(self, *a, **k):
+        init(self, *a, **k)
+        self._raw_labels = np.array([ids.index(int(v)) for v in self._raw_labels], dtype=np.int64)
+        self.num_classes, self.class_names = len(ids), [D.SHAPES_CLASSES[i] for i in ids]
+        self.name += '-classes' + '_'.join(map(str, ids))
+    D.shapes_params, D.ShapesDataset.__init__ = subset_params, subset_init
+
+
+def probe_features(cfg, n: int = 2000, held_out: int = 500):
+    "--probe: held-out accuracy of a linear classifier on each scale's pooled features, per blur sigma."
+    from sgxl.data import load
+    from sgxl.projected import feature_networks, gaussian_blur
+    ds = load(cfg.data, resolution=cfg.resolution)
+    x = torch.stack([ds[i][0] for i in range(n)]).float() / 127.5 - 1          # (n, 3, R, R) in [-1, 1]
+    y = torch.tensor([ds.label(i) for i in range(n)])
+    net = feature_networks(cfg)[0].eval()
+    print(f'{cfg.data} at {cfg.resolution} px, {n - held_out} training / {held_out} held-out images; rows: blur sigma')
+    for sigma in (0, 1, 2, 3, 4):
+        with torch.no_grad(): feats = net(gaussian_blur(x, sigma))
+        accs = []
+        for f in feats:
+            h = f.mean((2, 3)); h = (h - h.mean(0)) / (h.std(0) + 1e-5)           # (n, C) standardised
+            lin = nn.Linear(h.shape[1], ds.num_classes); opt = torch.optim.Adam(lin.parameters(), 1e-2)
+            for _ in range(300):
+                loss = F.cross_entropy(lin(h[:-held_out]), y[:-held_out]) + 1e-3 * lin.weight.square().sum()
+                opt.zero_grad(); loss.backward(); opt.step()
+            accs.append((lin(h[-held_out:]).argmax(1) == y[-held_out:]).float().mean().item())
+        print(f'sigma {sigma}: ' + '  '.join(f'scale {i} ({tuple(f.shape[1:])}) {a:.3f}' for i, (f, a) in enumerate(zip(feats, accs))))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--cfg', default=None, help="rung of the sgxl path (default: the demo's)")
     p.add_argument('--no-demo', action='store_true', help="start from the plain tiny preset, not from the demo's "
                    "settings (sgxl.training.DEMO_SETTINGS, under --set's)")
-    p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='config changes of the tiny preset')
+    p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='config changes of the tiny preset (with --pair sgxl,...: of its generator; seed=N seeds the loop)')
     p.add_argument('--plain', action='store_true', help='the plain conditional GAN instead of an sgxl rung')
     p.add_argument('--pair', metavar='G,D', help="one half each in the plain GAN's loop: G sgxl|plain, D plain|projected|resnet")
     p.add_argument('--d-cond', default='projection', choices=PlainD.COND, help="how --pair's plain D reads the label")
@@ -202,9 +297,24 @@ def main():
     p.add_argument('--kimg', type=float, help='stop at this many kimg (besides --budget)')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     p.add_argument('--outdir', default='/tmp/sgxl-demo-learning', help='run folders of the sgxl path')
+    p.add_argument('--d-head', choices=('paper', 'psi', 'psi-unscaled'), default='paper',
+                   help="diagnostic: how rung B's heads read the label (see above)")
+    p.add_argument('--mismatch', type=float, default=0.0, help='diagnostic: weight of real images with wrong labels as D negatives')
+    p.add_argument('--equal-heads', action='store_true', help="diagnostic: each of D's heads weighs the same in the loss")
+    p.add_argument('--classes', help='diagnostic: shape ids to keep, e.g. 0,1,2,4,5 (disc, square, triangle, ring, plus)')
+    p.add_argument('--probe', action='store_true', help="diagnostic: linear probes of the feature network's scales, then exit")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.d_head != 'paper': use_head_form(args.d_head)
+    if args.mismatch: use_mismatch(args.mismatch)
+    if args.equal_heads: use_equal_heads()
+    if args.classes:
+        from sgxl.data import SHAPES_CLASSES
+        ids = [int(i) for i in args.classes.split(',')]
+        if len(set(ids)) != len(ids) or len(ids) < 2 or not all(0 <= i < len(SHAPES_CLASSES) for i in ids):
+            p.error(f'--classes {args.classes}: give two or more distinct shape ids in 0..{len(SHAPES_CLASSES) - 1}')
+        use_classes(ids)
     from sgxl.data import load
     from sgxl.training import parse_set
     if args.pair:
@@ -212,7 +322,10 @@ def main():
         if g not in ('sgxl', 'plain') or d not in ('plain', 'projected', 'resnet'):
             p.error(f"--pair {args.pair}: write G,D with G sgxl or plain and D plain, projected or resnet, e.g. --pair sgxl,plain")
         dataset = load(args.data, resolution=32)
-        run, name = paired_gan(dataset, args.batch, g, d, args.d_cond), f'G {g}, D {d} ({args.d_cond}), batch {args.batch}'
+        changes = {k: v for k, v in parse_set(args.set).items() if k != 'seed'}
+        torch.manual_seed(parse_set(args.set).get('seed', 0))
+        run = paired_gan(dataset, args.batch, g, d, args.d_cond, changes)
+        name = f'G {g} {changes or ""}, D {d} ({args.d_cond}), batch {args.batch}'
     elif args.plain:
         dataset = load(args.data, resolution=32)
         run, name = PlainGAN(dataset, args.batch), f'plain conditional GAN, batch {args.batch}'
@@ -221,6 +334,7 @@ def main():
         base = dict(data=args.data) if args.no_demo else dict(DEMO_SETTINGS)
         rung = args.cfg or DEMO_RUNG
         cfg = make_config(rung, 'tiny', **{**base, 'metrics': (), 'snap_kimg': 1e6, 'kimg': 1e6, **parse_set(args.set)})
+        if args.probe: return probe_features(cfg)
         what = f'rung {rung} tiny' if args.no_demo else f"the demo's settings on rung {rung}"
         run, name = SgxlRun(cfg, args.outdir, tuple(float(r) for r in args.extra_ema.split(',') if r)), f'{what} with {parse_set(args.set)}'
     data = lambda: run.trainer.dataset if not (args.plain or args.pair) else dataset
