@@ -403,6 +403,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'sgxl.equivariance.warp_images': ('equivariance.html#warp_images', 'sgxl/equivariance.py')},
             'sgxl.evaluate': { 'sgxl.evaluate._ordered': ('evaluate.html#_ordered', 'sgxl/evaluate.py'),
                                'sgxl.evaluate._progress_bar': ('evaluate.html#_progress_bar', 'sgxl/evaluate.py'),
+                               'sgxl.evaluate.agreed': ('evaluate.html#agreed', 'sgxl/evaluate.py'),
                                'sgxl.evaluate.compute_metric': ('evaluate.html#compute_metric', 'sgxl/evaluate.py'),
                                'sgxl.evaluate.compute_metrics': ('evaluate.html#compute_metrics', 'sgxl/evaluate.py'),
                                'sgxl.evaluate.default_output': ('evaluate.html#default_output', 'sgxl/evaluate.py'),

@@ -22,8 +22,29 @@ from .metrics import (DOMAIN_KINDS, DOMAIN_METRICS, EQ_KINDS, METRIC_FEATURES, S
 from .networks import read_network
 
 # %% auto #0
-__all__ = ['compute_metrics', 'compute_metric', 'load_generator', 'load_dataset', 'format_table', 'default_output',
+__all__ = ['agreed', 'compute_metrics', 'compute_metric', 'load_generator', 'load_dataset', 'format_table', 'default_output',
            'metrics_parser', 'metrics_main']
+
+# %% ../nbs/16_evaluate.ipynb #a9e1d2c4
+def agreed(fn: Callable, world: int = 1, what: str = 'the metrics', run: bool = True):
+    """`fn()` on the ranks where `run` is true, then every one of the `world` processes learns whether it raised
+    anywhere: the rank that failed raises its own error, the others a RuntimeError naming it. Without this, a
+    rank-0-only step that fails (reading the real statistics, scoring, the domain classifier) would leave the other
+    torchrun processes waiting for ever in the next collective. Returns fn's result (None where not `run`)."""
+    if world <= 1: return fn() if run else None
+    import torch.distributed as dist
+    out, err = None, None
+    if run:
+        try: out = fn()
+        except Exception as e: err = e
+    errors = [None] * world
+    dist.all_gather_object(errors, None if err is None else f'{type(err).__name__}: {err}')   # (world,) None or text
+    if err is not None: raise err
+    failed = [(r, m) for r, m in enumerate(errors) if m is not None]
+    if failed: raise RuntimeError(f"{what} failed on rank {failed[0][0]} ({failed[0][1]}); rank "
+                                  f"{dist.get_rank()} stops with it (that rank's log has the cause)")
+    return out
+
 
 # %% ../nbs/16_evaluate.ipynb #2b02e1dd
 def compute_metrics(names: Sequence[str], G, dataset=None, *, num: int | None = None, batch: int = 64,
@@ -45,22 +66,25 @@ def compute_metrics(names: Sequence[str], G, dataset=None, *, num: int | None = 
     domain = [s for s in specs if s.kind in DOMAIN_KINDS]
     check(not domain or dataset is not None, f"{', '.join(s.name for s in domain)} need the labelled dataset whose "
           f"classifier they use: pass dataset=...")
-    nets = {n: make_extractor(n, weights).eval().to(device) for n in sorted({METRIC_FEATURES[s.kind][0] for s in feat})}
+    nets = agreed(lambda: {n: make_extractor(n, weights).eval().to(device)
+                           for n in sorted({METRIC_FEATURES[s.kind][0] for s in feat})}, world, 'loading the feature networks')
     bar = _progress_bar(progress)
-    real = real_statistics(feat, dataset, nets, device, batch, workers, cache_dir, bar) if feat and rank == 0 else {}
+    real = agreed(lambda: real_statistics(feat, dataset, nets, device, batch, workers, cache_dir, bar), world,
+                  "the real images' statistics", run=bool(feat) and rank == 0) or {}
     results: dict[str, float] = {}
     for num_gen in sorted({s.num_gen for s in feat}):
         group = [s for s in feat if s.num_gen == num_gen]
         images = generated_images(G, num_gen, batch, device, truncation_psi, seed, dataset, rank, world)
         stats = gather_feature_stats(extract_features(images, nets, stats_for(group, 'gen'), device, bar), world)
-        if stats is None: continue                                       # not rank 0: rank 0 scores
-        for s in group: results.update(score(s, real.get(s.name), stats[METRIC_FEATURES[s.kind][:2]], device))
+        results.update(agreed(lambda: {k: v for s in group                 # rank 0 scores (stats None elsewhere)
+                                       for k, v in score(s, real.get(s.name), stats[METRIC_FEATURES[s.kind][:2]], device).items()},
+                              world, f"scoring {', '.join(s.name for s in group)}", run=stats is not None) or {})
     for s in specs:
         if s.kind in EQ_KINDS:
             results.update(equivariance_metric(s, G, render, batch, device, truncation_psi, seed, dataset, rank, world))
-    if domain and rank == 0:
-        results.update(domain_metrics(domain, G, dataset, batch=batch, device=device, truncation_psi=truncation_psi,
-                                      seed=seed, cache_dir=cache_dir))
+    if domain:
+        results.update(agreed(lambda: domain_metrics(domain, G, dataset, batch=batch, device=device, truncation_psi=truncation_psi,
+                                                     seed=seed, cache_dir=cache_dir), world, 'the domain metrics', run=rank == 0) or {})
     if world > 1:                                                        # rank 0's results to every rank
         import torch.distributed as dist
         box = [results]; dist.broadcast_object_list(box, src=0); results = box[0]

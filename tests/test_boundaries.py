@@ -248,3 +248,47 @@ def test_metrics_split_over_two_processes_equal_one_process(tmp_path):
     assert list(split) == list(single) == ['rfid16', 'kid16', 'is16_mean', 'is16_std', 'eqt16_int']
     for k in ('kid16', 'is16_mean', 'is16_std', 'eqt16_int'): assert split[k] == single[k], k
     assert split['rfid16'] == pytest.approx(single['rfid16'], rel=1e-9), (split, single)
+
+
+FAILING_METRIC_SCRIPT = '''
+import sys
+import sgxl.evaluate as E
+from sgxl.core import make_config
+from sgxl.data import load
+from sgxl.stylegan3 import Generator
+from sgxl.distributed import init_distributed
+
+rank, world, _ = init_distributed('cpu')
+def no_classifier(*args, **kwargs): raise FileNotFoundError('the domain classifier cache is unreadable (test)')
+if rank == 0: E.domain_metrics = no_classifier                     # rank 0 alone runs the domain metrics
+G = Generator.from_config(make_config('A', 'tiny'), 10).eval()
+try:
+    E.compute_metrics(['dacc16'], G, load('shapes:num_images=40', resolution=32), batch=8, device='cpu',
+                      rank=rank, world=world)
+except Exception as e:
+    print(f'rank {rank} stopped: {type(e).__name__}: {e}', flush=True)
+    sys.exit(3)
+print(f'rank {rank} finished', flush=True)
+'''
+
+
+def test_a_metric_that_fails_on_rank_0_stops_every_process(tmp_path):
+    """The domain metrics run on rank 0 alone. When they fail there, the other torchrun process must stop with a
+    message naming rank 0's failure. Before `agreed` it waited in the broadcast of the results for as long as rank 0
+    lived (for ever where rank 0 catches the error and goes on), then stopped with gloo's 'Connection closed by
+    peer', which names neither the metric nor the cause."""
+    import os, signal, subprocess, sys
+    script = tmp_path / 'failing.py'
+    script.write_text(FAILING_METRIC_SCRIPT)
+    run = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                            str(script)], env={**os.environ, 'OMP_NUM_THREADS': '1'}, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = run.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        pytest.fail('a metric that failed on rank 0 left torchrun hanging: ' + run.communicate()[0][-2000:])
+    assert run.returncode != 0, out
+    assert 'rank 0 stopped: FileNotFoundError: the domain classifier cache is unreadable (test)' in out, out
+    assert 'rank 1 stopped: RuntimeError: the domain metrics failed on rank 0 (FileNotFoundError: the domain ' in out, out
+    assert 'finished' not in out, out
