@@ -38,6 +38,9 @@ feature of sgxl):
 - --equal-heads: every head of rung B's D counts equally in the loss (at 32 px lite0's four heads end at 25, 25,
   1 and 1 patches, so the two coarse heads, which see the whole shape, carry 2 of 52 shares; at the paper's 224 px
   every head ends at 4x4 patches): each head's patch logits are tiled to the largest head's count;
+- --balanced-labels: the fakes' labels of each batch stratified (every class once before any twice), instead of
+  drawn independently from the class frequencies;
+- --patch-mean: each head's patch logits averaged before the hinge (one decision per head and image);
 - --classes 0,1,2,4,5: the demo's data restricted to these shape classes (ids into sgxl.data.SHAPES_CLASSES),
   relabelled 0..K-1; the domain classifier is trained on the subset (its cache name says which);
 - --probe: no training; how well a linear classifier reads the class of real images from the frozen feature
@@ -228,6 +231,27 @@ def use_equal_heads():
     P.ProjectedDiscriminator.forward = equal
 
 
+def use_balanced_labels():
+    "--balanced-labels: the G and D phases' fake labels as shuffled rounds of every class."
+    import sgxl.baseline as B
+    draw = B.draw_latents
+    def balanced(n, z_dim, num_ws, mixing, device, label_probs=None):
+        d = draw(n, z_dim, num_ws, mixing, device, label_probs)
+        if label_probs is not None:
+            k = len(label_probs)
+            rounds = lambda: torch.cat([torch.randperm(k) for _ in range(-(-n // k))])[:n][torch.randperm(n)].to(device)
+            d['c_g'], d['c_d'] = rounds(), rounds()                                # (n,) each
+        return d
+    B.draw_latents = balanced
+
+
+def use_patch_mean():
+    "--patch-mean: every head returns the mean of its patch logits, (N, 1), so the hinge judges whole images."
+    import sgxl.projected as P
+    forward = P.PatchDiscriminator.forward
+    P.PatchDiscriminator.forward = lambda self, x, embed=None: forward(self, x, embed).mean(1, keepdim=True)
+
+
 def use_mismatch(weight: float):
     "--mismatch: rung B's D loss plus W * hinge(1 + D(x, wrong label)) on the real batch."
     import sgxl.projected as P
@@ -301,6 +325,8 @@ def main():
                    help="diagnostic: how rung B's heads read the label (see above)")
     p.add_argument('--mismatch', type=float, default=0.0, help='diagnostic: weight of real images with wrong labels as D negatives')
     p.add_argument('--equal-heads', action='store_true', help="diagnostic: each of D's heads weighs the same in the loss")
+    p.add_argument('--balanced-labels', action='store_true', help="diagnostic: the fakes' labels in shuffled rounds of every class")
+    p.add_argument('--patch-mean', action='store_true', help="diagnostic: the hinge on each head's mean patch logit")
     p.add_argument('--classes', help='diagnostic: shape ids to keep, e.g. 0,1,2,4,5 (disc, square, triangle, ring, plus)')
     p.add_argument('--probe', action='store_true', help="diagnostic: linear probes of the feature network's scales, then exit")
     args = p.parse_args()
@@ -309,6 +335,8 @@ def main():
     if args.d_head != 'paper': use_head_form(args.d_head)
     if args.mismatch: use_mismatch(args.mismatch)
     if args.equal_heads: use_equal_heads()
+    if args.balanced_labels: use_balanced_labels()
+    if args.patch_mean: use_patch_mean()
     if args.classes:
         from sgxl.data import SHAPES_CLASSES
         ids = [int(i) for i in args.classes.split(',')]
