@@ -66,8 +66,9 @@ def compute_metrics(names: Sequence[str], G, dataset=None, *, num: int | None = 
     domain = [s for s in specs if s.kind in DOMAIN_KINDS]
     check(not domain or dataset is not None, f"{', '.join(s.name for s in domain)} need the labelled dataset whose "
           f"classifier they use: pass dataset=...")
-    nets = agreed(lambda: {n: make_extractor(n, weights).eval().to(device)
-                           for n in sorted({METRIC_FEATURES[s.kind][0] for s in feat})}, world, 'loading the feature networks')
+    names_needed = sorted({METRIC_FEATURES[s.kind][0] for s in feat})     # feature networks, e.g. ['inception']
+    nets = agreed(lambda: {n: make_extractor(n, weights).eval().to(device) for n in names_needed}, world,
+                  'loading the feature networks')
     bar = _progress_bar(progress)
     real = agreed(lambda: real_statistics(feat, dataset, nets, device, batch, workers, cache_dir, bar), world,
                   "the real images' statistics", run=bool(feat) and rank == 0) or {}
@@ -76,15 +77,17 @@ def compute_metrics(names: Sequence[str], G, dataset=None, *, num: int | None = 
         group = [s for s in feat if s.num_gen == num_gen]
         images = generated_images(G, num_gen, batch, device, truncation_psi, seed, dataset, rank, world)
         stats = gather_feature_stats(extract_features(images, nets, stats_for(group, 'gen'), device, bar), world)
-        results.update(agreed(lambda: {k: v for s in group                 # rank 0 scores (stats None elsewhere)
-                                       for k, v in score(s, real.get(s.name), stats[METRIC_FEATURES[s.kind][:2]], device).items()},
-                              world, f"scoring {', '.join(s.name for s in group)}", run=stats is not None) or {})
+        def score_group(group=group, stats=stats) -> dict[str, float]:      # rank 0 (stats is None elsewhere)
+            return {k: v for s in group for k, v in score(s, real.get(s.name), stats[METRIC_FEATURES[s.kind][:2]], device).items()}
+        results.update(agreed(score_group, world, f"scoring {', '.join(s.name for s in group)}", run=stats is not None) or {})
     for s in specs:
         if s.kind in EQ_KINDS:
             results.update(equivariance_metric(s, G, render, batch, device, truncation_psi, seed, dataset, rank, world))
     if domain:
-        results.update(agreed(lambda: domain_metrics(domain, G, dataset, batch=batch, device=device, truncation_psi=truncation_psi,
-                                                     seed=seed, cache_dir=cache_dir), world, 'the domain metrics', run=rank == 0) or {})
+        scored = agreed(lambda: domain_metrics(domain, G, dataset, batch=batch, device=device, seed=seed,
+                                               truncation_psi=truncation_psi, cache_dir=cache_dir),
+                        world, 'the domain metrics', run=rank == 0)              # rank 0 alone
+        results.update(scored or {})
     if world > 1:                                                        # rank 0's results to every rank
         import torch.distributed as dist
         box = [results]; dist.broadcast_object_list(box, src=0); results = box[0]
